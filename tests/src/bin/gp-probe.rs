@@ -1,0 +1,503 @@
+//! gp-probe: the tiny server/client run inside simulated pods.
+//!
+//! `serve` answers with its name and the peer address it sees, so tests can
+//! tell which backend answered and whether the source address was preserved.
+//! `tcp`, `udp` and `hold` print one JSON object per attempt/line on stdout
+//! (parsed by `gangplank_tests::probe`). Client reads are bounded by
+//! `--timeout-ms`; network errors never panic.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(
+    name = "gp-probe",
+    about = "TCP/UDP test server and client for gangplank's simulated cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Bind 0.0.0.0 on the given ports, print `ready`, and answer forever
+    /// with `pod=NAME client=IP:PORT`.
+    Serve {
+        /// Name reported in replies (usually the pod name).
+        #[arg(long)]
+        name: String,
+        /// TCP port to serve (HTTP if the first line starts with `GET `, else line echo); repeatable.
+        #[arg(long = "tcp", value_name = "PORT")]
+        tcp: Vec<u16>,
+        /// UDP port to serve; repeatable.
+        #[arg(long = "udp", value_name = "PORT")]
+        udp: Vec<u16>,
+    },
+    /// N sequential HTTP GETs, one connection each; one JSON line per attempt.
+    Tcp {
+        /// Server address.
+        addr: SocketAddr,
+        /// Number of attempts.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Bound for connect and for the whole exchange, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// N datagrams, one fresh socket each; one JSON line per attempt.
+    Udp {
+        /// Server address.
+        addr: SocketAddr,
+        /// Number of attempts.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// connect() the socket (and report its peer) instead of sendto/recvfrom.
+        #[arg(long)]
+        connected: bool,
+        /// Bound for waiting for the reply, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Connect once, then send each stdin line and print the reply line.
+    Hold {
+        /// Server address.
+        addr: SocketAddr,
+        /// Bound for connect and for each reply, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+}
+
+/// One JSON line of client output.
+#[derive(Serialize, Default)]
+struct Report {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errno: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<&'static str>,
+}
+
+impl Report {
+    /// A failure at `stage`; timeouts become `"error":"timeout"` without errno.
+    fn failure(stage: &'static str, e: &io::Error) -> Report {
+        let timed_out = matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        );
+        Report {
+            ok: false,
+            errno: if timed_out { None } else { e.raw_os_error() },
+            error: Some(if timed_out {
+                "timeout".into()
+            } else {
+                e.to_string()
+            }),
+            stage: Some(stage),
+            ..Report::default()
+        }
+    }
+
+    fn with_peer(mut self, peer: Option<String>, local: Option<String>) -> Report {
+        self.peer = peer;
+        self.local = local;
+        self
+    }
+
+    fn print(&self) {
+        let line = serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                "{{\"ok\":false,\"error\":{}}}",
+                serde_json::Value::String(format!("serializing report: {e}"))
+            )
+        });
+        let mut out = io::stdout().lock();
+        // If stdout is gone there is nobody to tell; exit quietly.
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            std::process::exit(1);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve { name, tcp, udp } => serve(name, &tcp, &udp),
+        Cmd::Tcp {
+            addr,
+            count,
+            timeout_ms,
+        } => {
+            for _ in 0..count {
+                tcp_once(addr, Duration::from_millis(timeout_ms.max(1))).print();
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Udp {
+            addr,
+            count,
+            connected,
+            timeout_ms,
+        } => {
+            for _ in 0..count {
+                udp_once(addr, connected, Duration::from_millis(timeout_ms.max(1))).print();
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Hold { addr, timeout_ms } => hold(addr, Duration::from_millis(timeout_ms.max(1))),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// serve
+// ---------------------------------------------------------------------------
+
+fn serve(name: String, tcp: &[u16], udp: &[u16]) -> ExitCode {
+    if tcp.is_empty() && udp.is_empty() {
+        eprintln!("gp-probe serve: give at least one --tcp or --udp port");
+        return ExitCode::from(2);
+    }
+    let name: Arc<str> = name.into();
+    // Bind everything before announcing readiness.
+    let mut listeners = Vec::new();
+    for &port in tcp {
+        match TcpListener::bind(("0.0.0.0", port)) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                eprintln!("gp-probe serve: bind tcp/{port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut sockets = Vec::new();
+    for &port in udp {
+        match UdpSocket::bind(("0.0.0.0", port)) {
+            Ok(s) => sockets.push(s),
+            Err(e) => {
+                eprintln!("gp-probe serve: bind udp/{port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    for l in listeners {
+        let name = name.clone();
+        thread::spawn(move || accept_loop(l, name));
+    }
+    for s in sockets {
+        let name = name.clone();
+        thread::spawn(move || udp_loop(s, name));
+    }
+    println!("ready");
+    if io::stdout().flush().is_err() {
+        return ExitCode::FAILURE;
+    }
+    loop {
+        thread::park();
+    }
+}
+
+fn accept_loop(listener: TcpListener, name: Arc<str>) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let name = name.clone();
+                thread::spawn(move || {
+                    if let Err(e) = handle_tcp(stream, &name) {
+                        eprintln!("gp-probe serve: connection: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                // E.g. EMFILE or ECONNABORTED: keep serving, don't spin.
+                eprintln!("gp-probe serve: accept: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn handle_tcp(stream: TcpStream, name: &str) -> io::Result<()> {
+    let peer = stream.peer_addr()?;
+    let mut writer = &stream;
+    let mut reader = BufReader::new(&stream);
+    let mut line = Vec::new();
+    if reader.read_until(b'\n', &mut line)? == 0 {
+        return Ok(());
+    }
+    if line.starts_with(b"GET ") {
+        // Consume the headers up to the blank line, so closing doesn't RST.
+        loop {
+            let mut header = Vec::new();
+            if reader.read_until(b'\n', &mut header)? == 0 || header == b"\r\n" || header == b"\n" {
+                break;
+            }
+        }
+        let body = format!("pod={name} client={peer}\n");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        writer.write_all(response.as_bytes())?;
+        writer.flush()?;
+        return stream.shutdown(std::net::Shutdown::Write);
+    }
+    // Line mode: answer every line until EOF.
+    loop {
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        writer.write_all(format!("pod={name} client={peer} line={text}\n").as_bytes())?;
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn udp_loop(socket: UdpSocket, name: Arc<str>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((_, from)) => {
+                let reply = format!("pod={name} client={from}\n");
+                if let Err(e) = socket.send_to(reply.as_bytes(), from) {
+                    eprintln!("gp-probe serve: udp reply to {from}: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("gp-probe serve: udp recv: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// clients
+// ---------------------------------------------------------------------------
+
+/// Time left until `deadline`, or a timeout error (socket timeouts can't be zero).
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::Error::from(io::ErrorKind::TimedOut))
+    } else {
+        Ok(left)
+    }
+}
+
+fn addr_string(a: io::Result<SocketAddr>) -> Option<String> {
+    a.ok().map(|a| a.to_string())
+}
+
+/// The trimmed body of an HTTP response, or the whole text if it isn't one.
+fn http_body(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(data);
+    match text.split_once("\r\n\r\n") {
+        Some((_, body)) => body.trim().to_string(),
+        None => text.trim().to_string(),
+    }
+}
+
+fn tcp_once(addr: SocketAddr, timeout: Duration) -> Report {
+    let deadline = Instant::now() + timeout;
+    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => return Report::failure("connect", &e),
+    };
+    let peer = match stream.peer_addr() {
+        Ok(p) => Some(p.to_string()),
+        Err(e) => return Report::failure("getpeername", &e),
+    };
+    let local = addr_string(stream.local_addr());
+    let exchange = (|| -> Result<Vec<u8>, (&'static str, io::Error)> {
+        stream
+            .set_write_timeout(Some(remaining(deadline).map_err(|e| ("send", e))?))
+            .map_err(|e| ("send", e))?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .map_err(|e| ("send", e))?;
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = remaining(deadline).map_err(|e| ("recv", e))?;
+            stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| ("recv", e))?;
+            match stream.read(&mut buf) {
+                Ok(0) => return Ok(data),
+                Ok(n) => data.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(("recv", e)),
+            }
+        }
+    })();
+    match exchange {
+        Ok(data) => Report {
+            ok: true,
+            peer,
+            local,
+            reply: Some(http_body(&data)),
+            ..Report::default()
+        },
+        Err((stage, e)) => Report::failure(stage, &e).with_peer(peer, local),
+    }
+}
+
+fn udp_once(addr: SocketAddr, connected: bool, timeout: Duration) -> Report {
+    const PAYLOAD: &[u8] = b"gp-probe\n";
+    let bind: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return Report::failure("socket", &e),
+    };
+    if let Err(e) = socket.set_read_timeout(Some(timeout)) {
+        return Report::failure("socket", &e);
+    }
+    let mut peer = None;
+    if connected {
+        if let Err(e) = socket.connect(addr) {
+            return Report::failure("connect", &e);
+        }
+        peer = addr_string(socket.peer_addr());
+        if let Err(e) = socket.send(PAYLOAD) {
+            return Report::failure("send", &e).with_peer(peer, addr_string(socket.local_addr()));
+        }
+    } else if let Err(e) = socket.send_to(PAYLOAD, addr) {
+        return Report::failure("send", &e);
+    }
+    let local = addr_string(socket.local_addr());
+    let mut buf = vec![0u8; 65536];
+    // recv_from also works on a connected socket and tells us who answered.
+    match socket.recv_from(&mut buf) {
+        Ok((n, from)) => Report {
+            ok: true,
+            peer,
+            local,
+            from: Some(from.to_string()),
+            reply: Some(String::from_utf8_lossy(&buf[..n]).trim().to_string()),
+            ..Report::default()
+        },
+        Err(e) => Report::failure("recv", &e).with_peer(peer, local),
+    }
+}
+
+/// Reads '\n'-terminated lines from a socket with a per-line deadline.
+struct LineReader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    /// The next line without its terminator; None on EOF.
+    fn read_line(&mut self, timeout: Duration) -> io::Result<Option<String>> {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let text = String::from_utf8_lossy(&line);
+                return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
+            }
+            self.stream.set_read_timeout(Some(remaining(deadline)?))?;
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn hold(addr: SocketAddr, timeout: Duration) -> ExitCode {
+    let stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            Report::failure("connect", &e).print();
+            return ExitCode::FAILURE;
+        }
+    };
+    let peer = addr_string(stream.peer_addr());
+    let local = addr_string(stream.local_addr());
+    Report {
+        ok: true,
+        peer: peer.clone(),
+        local: local.clone(),
+        ..Report::default()
+    }
+    .print();
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            Report::failure("socket", &e).with_peer(peer, local).print();
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut reader = LineReader {
+        stream,
+        buf: Vec::new(),
+    };
+    for line in io::stdin().lock().lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                Report::failure("stdin", &e).with_peer(peer, local).print();
+                return ExitCode::FAILURE;
+            }
+        };
+        let sent = writer
+            .set_write_timeout(Some(timeout))
+            .and_then(|()| writer.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = sent {
+            Report::failure("send", &e).with_peer(peer, local).print();
+            return ExitCode::FAILURE;
+        }
+        match reader.read_line(timeout) {
+            Ok(Some(reply)) => Report {
+                ok: true,
+                peer: peer.clone(),
+                reply: Some(reply),
+                ..Report::default()
+            }
+            .print(),
+            Ok(None) => {
+                Report {
+                    ok: false,
+                    error: Some("connection closed by peer".into()),
+                    stage: Some("recv"),
+                    ..Report::default()
+                }
+                .with_peer(peer, local)
+                .print();
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                Report::failure("recv", &e).with_peer(peer, local).print();
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
