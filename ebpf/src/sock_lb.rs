@@ -23,8 +23,7 @@ use gangplank_common::{
 
 /// Frontends and their backend slots, see [`ServiceKey`].
 #[map]
-static GP_SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(SERVICES_MAP_SIZE, 0);
+static GP_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_MAP_SIZE, 0);
 
 /// Backends by id.
 #[map]
@@ -42,8 +41,7 @@ static GP_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNat> =
 
 /// `sessionAffinity: ClientIP` state.
 #[map]
-static GP_AFFINITY: LruHashMap<AffinityKey, Affinity> =
-    LruHashMap::pinned(AFFINITY_MAP_SIZE, 0);
+static GP_AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(AFFINITY_MAP_SIZE, 0);
 
 /// Human-readable frontend names for `gangplank service list`. Never read by
 /// the datapath: it lives here so that it is created and pinned with the
@@ -134,7 +132,10 @@ fn try_forward(ctx: &SockAddrContext) -> Result<(), Skip> {
     // SAFETY: values are plain integers; a concurrent update can at worst
     // give us a mix of old and new fields, each of which is valid on its own
     // thanks to the writer's update order.
-    let svc = unsafe { GP_SERVICES.get(&key) }.ok_or(Skip::NotAService)?;
+    // Copy the entry: every later decision then uses one consistent view,
+    // and the compiler can see that `count` is not zero below.
+    let svc = *unsafe { GP_SERVICES.get(&key) }.ok_or(Skip::NotAService)?;
+    let svc = &svc;
     if svc.count == 0 {
         return Err(Skip::NoBackend);
     }
@@ -161,7 +162,9 @@ fn try_forward(ctx: &SockAddrContext) -> Result<(), Skip> {
 fn pick_backend(key: &ServiceKey, svc: &ServiceValue) -> Result<(u32, Backend), Skip> {
     // SAFETY: plain helper call.
     let rand = unsafe { bpf_get_prandom_u32() };
-    let slot = (rand % svc.count as u32) as u16 + 1;
+    // checked_rem: a panic path (even an unreachable one) makes the program
+    // end in a call, which the verifier rejects.
+    let slot = rand.checked_rem(svc.count as u32).ok_or(Skip::NoBackend)? as u16 + 1;
     let slot_key = ServiceKey::new(key.address, key.port, key.proto, slot);
     // A missing slot or backend means the writer is between steps (or the
     // maps are inconsistent): refuse rather than send traffic astray.
@@ -179,7 +182,8 @@ fn affinity_key(ctx: &SockAddrContext, svc: &ServiceValue) -> AffinityKey {
         // SAFETY: plain helper call on our own context.
         client: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         rev_nat_id: svc.rev_nat_id,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     }
 }
 

@@ -92,7 +92,11 @@ impl Agent {
 
     /// Wait until the agent logs a line matching `pred` (e.g. an error
     /// about a bad manifest).
-    pub fn wait_for_log(&mut self, pred: impl FnMut(&str) -> bool, timeout: Duration) -> Result<String> {
+    pub fn wait_for_log(
+        &mut self,
+        pred: impl FnMut(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String> {
         match self.proc.as_mut() {
             Some(p) => p.wait_for_stderr_line(pred, timeout),
             None => bail!("agent on {} is not running", self.node),

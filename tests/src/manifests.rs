@@ -225,7 +225,11 @@ impl EndpointSlice {
     pub fn to_yaml(&self) -> String {
         let mut y = String::new();
         let _ = writeln!(y, "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice");
-        let _ = writeln!(y, "metadata:\n  name: {}\n  namespace: {}", self.name, self.namespace);
+        let _ = writeln!(
+            y,
+            "metadata:\n  name: {}\n  namespace: {}",
+            self.name, self.namespace
+        );
         let _ = writeln!(
             y,
             "  labels:\n    kubernetes.io/service-name: {}\n    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io",

@@ -18,7 +18,10 @@ const UDP_PORT: u16 = 5353;
 fn cluster(test: &str) -> Cluster {
     Cluster::new(
         test,
-        &[("node-a", &["pod-a1", "pod-a2", "client-a"]), ("node-b", &["pod-b1"])],
+        &[
+            ("node-a", &["pod-a1", "pod-a2", "client-a"]),
+            ("node-b", &["pod-b1"]),
+        ],
     )
     .expect("building the simulated cluster")
 }
@@ -66,7 +69,16 @@ fn probe(c: &Cluster, from: &str, args: &[&str]) -> Vec<ProbeResult> {
 }
 
 fn tcp(c: &Cluster, from: &str, vip: Ipv4Addr, port: u16, count: usize) -> Vec<ProbeResult> {
-    probe(c, from, &["tcp", &format!("{vip}:{port}"), "--count", &count.to_string()])
+    probe(
+        c,
+        from,
+        &[
+            "tcp",
+            &format!("{vip}:{port}"),
+            "--count",
+            &count.to_string(),
+        ],
+    )
 }
 
 /// Which pod answered each attempt; panics on a failed attempt.
@@ -74,7 +86,9 @@ fn answered_by(results: &[ProbeResult]) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for r in results {
         assert!(r.ok, "connection failed: {r:?}");
-        let pod = r.pod().unwrap_or_else(|| panic!("reply without pod name: {r:?}"));
+        let pod = r
+            .pod()
+            .unwrap_or_else(|| panic!("reply without pod name: {r:?}"));
         *seen.entry(pod.to_string()).or_insert(0) += 1;
     }
     seen
@@ -108,10 +122,18 @@ fn pod_reaches_a_two_pod_service_over_tcp_and_udp() {
     }
 
     // Unconnected UDP: the reply must appear to come from the ClusterIP.
-    let udp = probe(&c, "client-a", &["udp", &format!("{VIP}:53"), "--count", "10"]);
+    let udp = probe(
+        &c,
+        "client-a",
+        &["udp", &format!("{VIP}:53"), "--count", "10"],
+    );
     for r in &udp {
         assert!(r.ok, "UDP attempt failed: {r:?}");
-        assert_eq!(r.from.as_deref(), Some("198.18.200.10:53"), "reply source: {r:?}");
+        assert_eq!(
+            r.from.as_deref(),
+            Some("198.18.200.10:53"),
+            "reply source: {r:?}"
+        );
     }
     answered_by(&udp);
 
@@ -157,14 +179,18 @@ fn pod_on_node_a_reaches_a_backend_on_node_b_and_node_processes_too() {
 
     // A process of the node itself (node-a's cgroup, node-a's netns).
     let results = c
-        .probe_from_node("node-a", &["tcp", &format!("{VIP}:80"), "--count", "3"])
+        .probe_from_node("node-a", ["tcp", &format!("{VIP}:80"), "--count", "3"])
         .expect("probe from node-a");
     assert_eq!(answered_by(&results).get("pod-b1"), Some(&3));
 
     // node-b runs no agent: its pods' connections to the VIP are not
     // translated (the programs are scoped to node-a's cgroup subtree).
     let r = tcp(&c, "pod-b1", VIP, 80, 1);
-    assert!(!r[0].ok, "node-b has no agent, the VIP must not work there: {:?}", r[0]);
+    assert!(
+        !r[0].ok,
+        "node-b has no agent, the VIP must not work there: {:?}",
+        r[0]
+    );
 }
 
 #[test]
@@ -183,16 +209,31 @@ fn named_target_ports_multi_port_and_tcp_udp_on_the_same_port() {
     let b = EndpointSlice::new("default", "dns", "dns-b")
         .port("dns-udp", UDP_PORT, "UDP")
         .endpoint(Endpoint::ready(c.pod("pod-b1").ip, "node-b"));
-    manifests::write(c.manifests_dir(), "dns.yaml", &[svc.to_yaml(), a.to_yaml(), b.to_yaml()])
-        .expect("write");
+    manifests::write(
+        c.manifests_dir(),
+        "dns.yaml",
+        &[svc.to_yaml(), a.to_yaml(), b.to_yaml()],
+    )
+    .expect("write");
     write_web(&c, &["pod-b1"]);
     let _agent = Agent::start(&c, "node-a").expect("agent");
 
-    assert_eq!(answered_by(&tcp(&c, "client-a", VIP2, 53, 5)).get("pod-a2"), Some(&5));
-    let udp = probe(&c, "client-a", &["udp", &format!("{VIP2}:53"), "--count", "5"]);
+    assert_eq!(
+        answered_by(&tcp(&c, "client-a", VIP2, 53, 5)).get("pod-a2"),
+        Some(&5)
+    );
+    let udp = probe(
+        &c,
+        "client-a",
+        &["udp", &format!("{VIP2}:53"), "--count", "5"],
+    );
     assert_eq!(answered_by(&udp).get("pod-b1"), Some(&5), "{udp:?}");
     // The second port of the multi-port web service.
-    let udp = probe(&c, "client-a", &["udp", &format!("{VIP}:53"), "--count", "3"]);
+    let udp = probe(
+        &c,
+        "client-a",
+        &["udp", &format!("{VIP}:53"), "--count", "3"],
+    );
     assert_eq!(answered_by(&udp).get("pod-b1"), Some(&3), "{udp:?}");
 }
 
@@ -207,8 +248,12 @@ fn several_slices_and_terminating_fallback() {
     let s2 = EndpointSlice::new("default", "web", "web-2")
         .port("http", TCP_PORT, "TCP")
         .endpoint(Endpoint::ready(c.pod("pod-b1").ip, "node-b"));
-    manifests::write(c.manifests_dir(), "web.yaml", &[svc.to_yaml(), s1.to_yaml(), s2.to_yaml()])
-        .expect("write");
+    manifests::write(
+        c.manifests_dir(),
+        "web.yaml",
+        &[svc.to_yaml(), s1.to_yaml(), s2.to_yaml()],
+    )
+    .expect("write");
     let agent = Agent::start(&c, "node-a").expect("agent");
     let seen = answered_by(&tcp(&c, "client-a", VIP, 80, 60));
     assert_eq!(seen.len(), 2, "both slices' endpoints serve: {seen:?}");
@@ -224,14 +269,21 @@ fn several_slices_and_terminating_fallback() {
     let s2 = EndpointSlice::new("default", "web", "web-2")
         .port("http", TCP_PORT, "TCP")
         .endpoint(Endpoint::terminating(c.pod("pod-b1").ip, "node-b"));
-    manifests::write(c.manifests_dir(), "web.yaml", &[svc.to_yaml(), s1.to_yaml(), s2.to_yaml()])
-        .expect("write");
+    manifests::write(
+        c.manifests_dir(),
+        "web.yaml",
+        &[svc.to_yaml(), s1.to_yaml(), s2.to_yaml()],
+    )
+    .expect("write");
     wait_for_backends(&agent, &c, "198.18.200.10:80", 1);
     let seen = answered_by(&tcp(&c, "client-a", VIP, 80, 20));
     assert_eq!(seen.get("pod-b1"), Some(&20), "{seen:?}");
     let list = agent.service_list(&c).expect("service list");
     let text = list.to_string();
-    assert!(text.contains("terminating"), "service list shows the terminating backend: {text}");
+    assert!(
+        text.contains("terminating"),
+        "service list shows the terminating backend: {text}"
+    );
 }
 
 #[test]
@@ -242,13 +294,27 @@ fn no_endpoints_is_connection_refused_at_once() {
     let started = Instant::now();
     let r = tcp(&c, "client-a", VIP, 80, 1);
     assert!(!r[0].ok, "{:?}", r[0]);
-    assert_eq!(r[0].errno, Some(libc::ECONNREFUSED), "kube-proxy REJECTs: {:?}", r[0]);
+    assert_eq!(
+        r[0].errno,
+        Some(libc::ECONNREFUSED),
+        "kube-proxy REJECTs: {:?}",
+        r[0]
+    );
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "refusal must not wait for a timeout"
     );
-    let u = probe(&c, "client-a", &["udp", &format!("{VIP}:53"), "--count", "1"]);
-    assert_eq!(u[0].errno, Some(libc::ECONNREFUSED), "UDP send refused too: {:?}", u[0]);
+    let u = probe(
+        &c,
+        "client-a",
+        &["udp", &format!("{VIP}:53"), "--count", "1"],
+    );
+    assert_eq!(
+        u[0].errno,
+        Some(libc::ECONNREFUSED),
+        "UDP send refused too: {:?}",
+        u[0]
+    );
 }
 
 #[test]
@@ -259,7 +325,10 @@ fn client_ip_affinity_pins_fifty_connections_to_one_backend() {
     manifests::write(
         c.manifests_dir(),
         "web.yaml",
-        &[svc.to_yaml(), web_slice(&c, &["pod-a2", "pod-b1"]).to_yaml()],
+        &[
+            svc.to_yaml(),
+            web_slice(&c, &["pod-a2", "pod-b1"]).to_yaml(),
+        ],
     )
     .expect("write");
     let _agent = Agent::start(&c, "node-a").expect("agent");
@@ -304,9 +373,17 @@ fn headless_externalname_and_foreign_proxy_services_are_left_alone() {
         .iter()
         .filter_map(|f| f["frontend"].as_str())
         .collect();
-    assert_eq!(frontends, vec!["198.18.200.10:53", "198.18.200.10:80"], "only web is served");
+    assert_eq!(
+        frontends,
+        vec!["198.18.200.10:53", "198.18.200.10:80"],
+        "only web is served"
+    );
     let r = tcp(&c, "client-a", VIP2, 80, 1);
-    assert!(!r[0].ok, "a service of another proxy is not translated: {:?}", r[0]);
+    assert!(
+        !r[0].ok,
+        "a service of another proxy is not translated: {:?}",
+        r[0]
+    );
 }
 
 /// Poll `service list` until `frontend` has `n` backends.
@@ -362,7 +439,10 @@ fn removing_an_endpoint_stops_new_connections_to_it_within_a_second() {
     )
     .expect("write");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(answered_by(&tcp(&c, "client-a", VIP2, 81, 3)).get("pod-a2"), Some(&3));
+    assert_eq!(
+        answered_by(&tcp(&c, "client-a", VIP2, 81, 3)).get("pod-a2"),
+        Some(&3)
+    );
     manifests::remove(c.manifests_dir(), "extra.yaml").expect("remove");
     std::thread::sleep(Duration::from_secs(1));
     let r = tcp(&c, "client-a", VIP2, 81, 1);
@@ -377,25 +457,34 @@ fn a_live_tcp_connection_survives_an_agent_restart() {
     let mut agent = Agent::start(&c, "node-a").expect("agent");
 
     let mut hold = c
-        .spawn_probe("client-a", &["hold", &format!("{VIP}:80")])
+        .spawn_probe("client-a", ["hold", &format!("{VIP}:80")])
         .expect("hold");
     let first = hold
         .wait_for_line(|l| l.contains("\"ok\":true"), Duration::from_secs(5))
         .expect("connected");
-    assert!(first.contains("198.18.200.10:80"), "peer is the VIP: {first}");
+    assert!(
+        first.contains("198.18.200.10:80"),
+        "peer is the VIP: {first}"
+    );
     hold.send_line("before").expect("send");
     hold.wait_for_line(|l| l.contains("line=before"), Duration::from_secs(5))
         .expect("reply before restart");
 
     agent.stop().expect("SIGTERM stops the agent cleanly");
     // With the agent gone the datapath keeps serving new connections too.
-    assert_eq!(answered_by(&tcp(&c, "client-a", VIP, 80, 3)).get("pod-a2"), Some(&3));
+    assert_eq!(
+        answered_by(&tcp(&c, "client-a", VIP, 80, 3)).get("pod-a2"),
+        Some(&3)
+    );
     agent.restart(&c).expect("restart");
 
     hold.send_line("after").expect("send");
     hold.wait_for_line(|l| l.contains("line=after"), Duration::from_secs(5))
         .expect("the connection made before the restart still works");
-    assert_eq!(answered_by(&tcp(&c, "client-a", VIP, 80, 3)).get("pod-a2"), Some(&3));
+    assert_eq!(
+        answered_by(&tcp(&c, "client-a", VIP, 80, 3)).get("pod-a2"),
+        Some(&3)
+    );
 }
 
 #[test]
@@ -426,7 +515,11 @@ fn restart_reconciles_pinned_state_with_the_manifests() {
     assert_eq!(frontends.len(), 2, "the stale service is gone: {after}");
     for f in frontends {
         let backends = f["backends"].as_array().expect("backends");
-        assert_eq!(backends.len(), 1, "nothing duplicated, stale backend gone: {f}");
+        assert_eq!(
+            backends.len(),
+            1,
+            "nothing duplicated, stale backend gone: {f}"
+        );
         assert_eq!(f["state"], "active", "{f}");
     }
     let seen = answered_by(&tcp(&c, "client-a", VIP, 80, 10));
@@ -440,8 +533,11 @@ fn an_invalid_manifest_next_to_a_valid_one_leaves_the_valid_service_working() {
     write_web(&c, &["pod-a2"]);
     // A file that is not YAML at all, and a file with one bad object next
     // to a good one.
-    std::fs::write(c.manifests_dir().join("broken.yaml"), "kind: Service\n  : : [unclosed\n")
-        .expect("write");
+    std::fs::write(
+        c.manifests_dir().join("broken.yaml"),
+        "kind: Service\n  : : [unclosed\n",
+    )
+    .expect("write");
     manifests::write(
         c.manifests_dir(),
         "mixed.yaml",
@@ -459,13 +555,39 @@ fn an_invalid_manifest_next_to_a_valid_one_leaves_the_valid_service_working() {
     .expect("write");
     let agent = Agent::start(&c, "node-a").expect("agent");
     let log = agent.log();
-    assert!(log.contains("broken.yaml"), "the broken file is named: {log}");
+    assert!(
+        log.contains("broken.yaml"),
+        "the broken file is named: {log}"
+    );
     assert!(
         log.contains("mixed.yaml") && log.contains("default/bad"),
         "the bad object is named with its file: {log}"
     );
-    assert_eq!(answered_by(&tcp(&c, "client-a", VIP, 80, 3)).get("pod-a2"), Some(&3));
-    assert_eq!(answered_by(&tcp(&c, "client-a", VIP2, 80, 3)).get("pod-a2"), Some(&3));
+    assert_eq!(
+        answered_by(&tcp(&c, "client-a", VIP, 80, 3)).get("pod-a2"),
+        Some(&3)
+    );
+    assert_eq!(
+        answered_by(&tcp(&c, "client-a", VIP2, 80, 3)).get("pod-a2"),
+        Some(&3)
+    );
+}
+
+fn uninstall(c: &Cluster, bpffs: &std::path::Path, cgroup: Option<&std::path::Path>) -> String {
+    let mut cmd = gangplank_tests::agent::gangplank_cmd().expect("gangplank");
+    cmd.arg("uninstall").arg("--bpffs").arg(bpffs);
+    if let Some(cgroup) = cgroup {
+        cmd.arg("--cgroup").arg(cgroup);
+    }
+    let out = c
+        .run_in_node("node-a", cmd, Duration::from_secs(10))
+        .expect("uninstall");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -476,16 +598,38 @@ fn uninstall_detaches_and_unpins_everything() {
     let mut agent = Agent::start(&c, "node-a").expect("agent");
     assert!(tcp(&c, "client-a", VIP, 80, 1)[0].ok);
     agent.stop().expect("stop");
+    assert!(
+        tcp(&c, "client-a", VIP, 80, 1)[0].ok,
+        "a stopped agent leaves the datapath"
+    );
 
-    let mut cmd = gangplank_tests::agent::gangplank_cmd().expect("gangplank");
-    cmd.arg("uninstall")
-        .arg("--bpffs")
-        .arg(&agent.bpffs)
-        .arg("--cgroup")
-        .arg(&agent.cgroup);
-    let out = c.run_in_node("node-a", cmd, Duration::from_secs(10)).expect("uninstall");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    uninstall(&c, &agent.bpffs, None);
     assert!(!agent.bpffs.exists(), "pin directory removed");
+    let r = tcp(&c, "client-a", VIP, 80, 1);
+    assert!(!r[0].ok, "the VIP is no longer translated: {:?}", r[0]);
+}
+
+#[test]
+fn uninstall_with_cgroup_finds_links_whose_pins_are_elsewhere() {
+    let c = cluster("uninstall-cg");
+    let _servers = serve(&c, &["pod-a2"]);
+    write_web(&c, &["pod-a2"]);
+    let mut agent = Agent::start(&c, "node-a").expect("agent");
+    agent.stop().expect("stop");
+    assert!(tcp(&c, "client-a", VIP, 80, 1)[0].ok);
+
+    // The operator does not remember the agent's --bpffs: --cgroup still
+    // finds gangplank's links at the cgroup and detaches them.
+    let elsewhere = c.bpffs().join("not-the-agents");
+    let out = uninstall(&c, &elsewhere, Some(&agent.cgroup));
+    for program in [
+        "gp_connect4",
+        "gp_sendmsg4",
+        "gp_recvmsg4",
+        "gp_getpeername4",
+    ] {
+        assert!(out.contains(&format!("detached {program}")), "{out}");
+    }
     let r = tcp(&c, "client-a", VIP, 80, 1);
     assert!(!r[0].ok, "the VIP is no longer translated: {:?}", r[0]);
 }

@@ -152,7 +152,8 @@ pub struct AffinityKey {
     /// this identifies a client as `ClientIP` affinity means it.
     pub client: u64,
     pub rev_nat_id: u16,
-    pub _pad: [u16; 3],
+    pub _pad0: u16,
+    pub _pad1: u32,
 }
 
 /// Value of the session affinity map.

@@ -1,0 +1,157 @@
+//! The node agent's main loop: manifests → model → BPF maps.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, instrument, warn};
+
+use crate::dataplane::{Datapath, LbMaps, Writer};
+use crate::model::{Changes, ModelObject, ServiceStore};
+use crate::preflight;
+use crate::source::{DirChange, ManifestWatcher, WatchConfig};
+
+/// Default pin directory.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/gangplank";
+
+/// Object kinds the agent reads.
+pub const KINDS: &[&str] = &["Service", "EndpointSlice"];
+
+/// Agent settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of manifests to follow.
+    pub manifests: PathBuf,
+    /// This node's name (EndpointSlice `nodeName`).
+    pub node_name: String,
+    /// cgroup v2 directory the socket hooks attach to.
+    pub cgroup: PathBuf,
+    /// bpffs directory for pins.
+    pub bpffs: PathBuf,
+}
+
+/// Run until SIGTERM/SIGINT. The datapath stays in place afterwards.
+pub async fn run(config: Config) -> Result<()> {
+    preflight::require_root()?;
+    preflight::require_kernel()?;
+    preflight::require_cgroup2(&config.cgroup)?;
+    preflight::require_bpffs(&config.bpffs)?;
+    if !config.manifests.is_dir() {
+        anyhow::bail!(
+            "--manifests {}: not a directory",
+            config.manifests.display()
+        );
+    }
+
+    let started = Instant::now();
+    let (_datapath, maps) = Datapath::install(&config.bpffs, &config.cgroup)
+        .context("installing the socket load balancer")?;
+    let mut writer = Writer::new(maps).context("reading pinned maps")?;
+    let adopted = writer.len();
+    let installed = started.elapsed();
+
+    // The watcher's first batches are a full scan of the directory, taken
+    // after the watch is set up, so no change can slip in between. Objects
+    // are converted to the model's compact form on the watcher thread, so
+    // k8s-openapi objects never pile up here.
+    let mut store = ServiceStore::with_node_name(config.node_name.clone());
+    let (_watcher, mut changes) = ManifestWatcher::start_mapped(
+        &config.manifests,
+        KINDS,
+        WatchConfig::default(),
+        store.mapper(),
+    )
+    .with_context(|| format!("watching {}", config.manifests.display()))?;
+    // The initial scan arrives in bounded batches; the maps are reconciled
+    // once, after the last one, so nothing pinned is deleted early.
+    let mut files = 0;
+    loop {
+        let batch = changes
+            .recv()
+            .await
+            .context("manifest watcher stopped during the first scan")?;
+        files += batch.changed.len();
+        report_files(&batch);
+        let synced = batch.synced;
+        report_model(&store.apply_model_batch(batch));
+        if synced {
+            break;
+        }
+    }
+    let scanned = started.elapsed();
+    // Start-up reconciles against everything pinned: sync, not apply.
+    let stats = writer.sync(store.frontends());
+    // Parsing thousands of manifests on several threads leaves freed memory
+    // in glibc's per-thread arenas; hand it back so a steady-state agent's
+    // RSS reflects what it actually keeps.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+
+    info!(
+        node = %config.node_name,
+        files,
+        frontends = writer.len(),
+        adopted_from_pins = adopted,
+        upserted = stats.upserted,
+        deleted = stats.deleted,
+        failed = stats.failed,
+        install_ms = installed.as_millis() as u64,
+        scan_ms = scanned.as_millis() as u64,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "initial sync complete"
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Some(change) => apply_change(&mut store, &mut writer, change),
+                None => anyhow::bail!("manifest watcher stopped"),
+            },
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("stopping; programs stay attached and maps pinned, so traffic keeps flowing");
+    Ok(())
+}
+
+#[instrument(skip_all, fields(changed = change.changed.len(), removed = change.removed.len()))]
+fn apply_change<M: LbMaps>(
+    store: &mut ServiceStore,
+    writer: &mut Writer<M>,
+    change: DirChange<ModelObject>,
+) {
+    let started = Instant::now();
+    report_files(&change);
+    let changes = store.apply_model_batch(change);
+    report_model(&changes);
+    let stats = writer.apply(&changes.frontends);
+    info!(
+        frontends = changes.frontends.len(),
+        upserted = stats.upserted,
+        deleted = stats.deleted,
+        failed = stats.failed,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "maps updated"
+    );
+}
+
+fn report_files(change: &DirChange<ModelObject>) {
+    for (path, parsed) in &change.changed {
+        for error in &parsed.errors {
+            warn!(file = %path.display(), %error, "invalid manifest skipped");
+        }
+    }
+}
+
+fn report_model(changes: &Changes) {
+    for error in &changes.errors {
+        warn!(%error, "object skipped");
+    }
+}

@@ -1,0 +1,8 @@
+//! gangplank agent library: Kubernetes Services and EndpointSlices in,
+//! eBPF load-balancer maps out (source → model → dataplane).
+pub mod agent;
+pub mod dataplane;
+pub mod inspect;
+pub mod model;
+pub mod preflight;
+pub mod source;

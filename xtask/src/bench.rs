@@ -1,0 +1,171 @@
+//! `cargo xtask bench`: control-plane speed of the agent at scale, on a
+//! simulated node (the kernel maps are real).
+//!
+//! - start-up: N services × M endpoints in the manifests directory, time
+//!   until every frontend is in the BPF maps;
+//! - one endpoint change: time from the changed file being read to the maps
+//!   being updated, as the agent measures it;
+//! - the agent's memory (RSS) at that size.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use gangplank_tests::agent::gangplank_cmd;
+use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
+use gangplank_tests::Cluster;
+
+/// Benchmark size.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Options {
+    /// Number of services.
+    #[arg(long, default_value_t = 10_000)]
+    pub services: usize,
+    /// Endpoints per service.
+    #[arg(long, default_value_t = 10)]
+    pub endpoints: usize,
+    /// Single-endpoint changes to time.
+    #[arg(long, default_value_t = 20)]
+    pub changes: usize,
+}
+
+fn vip(i: usize) -> Ipv4Addr {
+    // 198.18.128.0/17 holds 32k service addresses.
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 0)) + i as u32)
+}
+
+fn endpoint_ip(i: usize) -> Ipv4Addr {
+    // 198.19.0.0/16 for endpoints (never dialled here).
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i as u32)
+}
+
+fn docs(i: usize, endpoints: usize, generation: usize) -> [String; 2] {
+    let name = format!("svc-{i:05}");
+    let svc =
+        Service::cluster_ip("bench", &name, vip(i)).port("http", 80, "TCP", Target::Number(8080));
+    let mut slice =
+        EndpointSlice::new("bench", &name, &format!("{name}-abcde")).port("http", 8080, "TCP");
+    for e in 0..endpoints {
+        // `generation` shifts one endpoint so a rewrite is a real change.
+        let idx = (i * endpoints + e + if e == 0 { generation * 1_000_003 } else { 0 }) % 65_000;
+        slice = slice.endpoint(Endpoint::ready(endpoint_ip(idx), "node-a"));
+    }
+    [svc.to_yaml(), slice.to_yaml()]
+}
+
+fn write_service(dir: &Path, i: usize, endpoints: usize, generation: usize) -> Result<()> {
+    manifests::write(
+        dir,
+        &format!("svc-{i:05}.yaml"),
+        &docs(i, endpoints, generation),
+    )
+}
+
+/// `key=value` from a tracing line.
+fn field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.trim_matches('"').parse().ok())
+}
+
+fn rss_kib(pid: u32, key: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    gangplank_tests::check_privileges()?;
+    let c = Cluster::new("bench", &[("node-a", &[])]).context("building the simulated node")?;
+    let dir = c.manifests_dir().to_path_buf();
+    let gen_started = Instant::now();
+    for i in 0..opts.services {
+        write_service(&dir, i, opts.endpoints, 0)?;
+    }
+    println!(
+        "generated {} services × {} endpoints in {} files ({:.1} s)",
+        opts.services,
+        opts.endpoints,
+        opts.services,
+        gen_started.elapsed().as_secs_f64()
+    );
+
+    let node = c.node("node-a");
+    let mut cmd = gangplank_cmd()?;
+    cmd.arg("agent")
+        .arg("--manifests")
+        .arg(&dir)
+        .args(["--node-name", "node-a", "--cgroup"])
+        .arg(&node.cgroup)
+        .arg("--bpffs")
+        .arg(&node.bpffs)
+        .env("RUST_LOG", "info");
+    let spawned = Instant::now();
+    let mut agent = c.spawn_agent_process("node-a", cmd)?;
+    let line = agent.wait_for_stderr_line(
+        |l| l.contains("initial sync complete"),
+        Duration::from_secs(120),
+    )?;
+    let wall = spawned.elapsed();
+    let frontends = field(&line, "frontends").unwrap_or(0);
+    if frontends != opts.services as u64 {
+        bail!(
+            "expected {} frontends, agent reports: {line}",
+            opts.services
+        );
+    }
+    let rss = rss_kib(agent.pid(), "VmRSS:")?;
+    let hwm = rss_kib(agent.pid(), "VmHWM:")?;
+    println!("\nstart-up (exec → every frontend in the BPF maps):");
+    println!(
+        "  wall clock from spawn:     {:>8.0} ms",
+        wall.as_secs_f64() * 1e3
+    );
+    println!("  agent's own measure:       {:>8} ms   (load + attach + scan + parse + model + map writes)", field(&line, "elapsed_ms").unwrap_or(0));
+    let install = field(&line, "install_ms").unwrap_or(0);
+    let scan = field(&line, "scan_ms").unwrap_or(0);
+    println!(
+        "    load+attach+adopt pins {install} ms, scan+parse+model {} ms, map writes {} ms",
+        scan.saturating_sub(install),
+        field(&line, "elapsed_ms").unwrap_or(0).saturating_sub(scan)
+    );
+    println!(
+        "  map entries written:       {:>8}     frontends ({} slots, {} backends)",
+        frontends,
+        frontends * (1 + opts.endpoints as u64),
+        opts.services * opts.endpoints
+    );
+    println!(
+        "  agent RSS after sync:      {:>8.1} MB (peak {:.1} MB)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+
+    let mut apply_us = Vec::new();
+    for n in 0..opts.changes {
+        let i = (n * 7919) % opts.services;
+        write_service(&dir, i, opts.endpoints, n + 1)?;
+        let line =
+            agent.wait_for_stderr_line(|l| l.contains("maps updated"), Duration::from_secs(10))?;
+        apply_us.push(field(&line, "elapsed_us").unwrap_or(0));
+    }
+    apply_us.sort_unstable();
+    if !apply_us.is_empty() {
+        let median = apply_us[apply_us.len() / 2];
+        let max = apply_us[apply_us.len() - 1];
+        println!("\none endpoint change ({} changes, time from the file's parsed contents to maps written):", apply_us.len());
+        println!("  median {median} µs, max {max} µs");
+    }
+    let rss = rss_kib(agent.pid(), "VmRSS:")?;
+    println!(
+        "  agent RSS after the changes: {:.1} MB",
+        rss as f64 / 1024.0
+    );
+    agent.terminate(Duration::from_secs(10))?;
+    Ok(())
+}

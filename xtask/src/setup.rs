@@ -1,0 +1,153 @@
+//! Idempotent machine set-up: Debian packages, nightly rust-src, and
+//! bpf-linker built against the nightly toolchain's own LLVM into the
+//! project-local `.tools/` directory (no LLVM download).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{root_dir, run};
+
+/// Commands the tests and the demo need, and the Debian package of each.
+const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
+
+pub fn setup() -> Result<()> {
+    check_root()?;
+    install_packages()?;
+    install_rust_src()?;
+    install_bpf_linker()?;
+    check_kernel()?;
+    Ok(())
+}
+
+fn check_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "gangplank's set-up, tests and demo need root (network namespaces, cgroups, BPF): \
+             run them as root, e.g. `sudo -E cargo xtask test`"
+        );
+    }
+    Ok(())
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn install_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        bail!("missing packages {missing:?} and no apt-get to install them: install them by hand");
+    }
+    eprintln!("xtask: installing {missing:?}");
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("running `rustc +nightly` (is rustup installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "no nightly toolchain: install it with `rustup toolchain install nightly` ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+fn install_rust_src() -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// LLVM major version and shared library of the nightly toolchain.
+fn nightly_llvm(sysroot: &Path) -> Result<(u32, PathBuf)> {
+    let out = Command::new("rustc").args(["+nightly", "-vV"]).output()?;
+    let text = String::from_utf8(out.stdout)?;
+    let major: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .context("`rustc +nightly -vV` reports no LLVM version")?;
+    let lib_dir = sysroot.join("lib");
+    let lib = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))
+            })
+        })
+        .with_context(|| format!("no libLLVM shared library in {}", lib_dir.display()))?;
+    Ok((major, lib))
+}
+
+pub fn tools_dir() -> PathBuf {
+    root_dir().join(".tools")
+}
+
+fn install_bpf_linker() -> Result<()> {
+    let tools = tools_dir();
+    let linker = tools.join("bin/bpf-linker");
+    if linker.is_file() {
+        return Ok(());
+    }
+    let sysroot = nightly_sysroot()?;
+    let (major, lib) = nightly_llvm(&sysroot)?;
+    // bpf-linker's build looks for $LLVM_PREFIX/lib/libLLVM.so; the
+    // toolchain ships it under a versioned name, so give it a prefix that
+    // points there.
+    let prefix = tools.join("llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), lib.display()))?;
+    eprintln!(
+        "xtask: building bpf-linker against the nightly toolchain's LLVM {major} (about a minute)"
+    );
+    run(Command::new("cargo")
+        .args(["+nightly", "install", "bpf-linker", "--locked", "--root"])
+        .arg(&tools)
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix))
+    .context("building bpf-linker (needs the nightly toolchain and a C compiler)")
+}
+
+fn check_kernel() -> Result<()> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !mountinfo.lines().any(|l| l.contains(" - cgroup2 ")) {
+        bail!("no cgroup v2 filesystem is mounted: mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`");
+    }
+    if !Path::new("/proc/sys/net/core/bpf_jit_enable").exists() {
+        bail!("the kernel has no BPF support (CONFIG_BPF_SYSCALL): gangplank needs Linux 5.18+ with BPF and cgroup BPF");
+    }
+    Ok(())
+}
