@@ -21,17 +21,24 @@ use gangplank_common::{
     REV_NAT_MAP_SIZE, SERVICES_MAP_SIZE, SERVICE_NAMES_MAP_SIZE, SOCK_REV_NAT_MAP_SIZE,
 };
 
+// The maps the agent updates while programs read them are not
+// preallocated: a preallocated hash map recycles a replaced element at
+// once, so a reader could see another key's value; without preallocation
+// elements are freed after an RCU grace period and a reader always sees a
+// whole old or a whole new value.
+
 /// Frontends and their backend slots, see [`ServiceKey`].
 #[map]
-static GP_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_MAP_SIZE, 0);
+static GP_SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(SERVICES_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 /// Backends by id.
 #[map]
-static GP_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAP_SIZE, 0);
+static GP_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 /// Frontend address by reverse-NAT id.
 #[map]
-static GP_REV_NAT: HashMap<u16, RevNat> = HashMap::pinned(REV_NAT_MAP_SIZE, 0);
+static GP_REV_NAT: HashMap<u16, RevNat> = HashMap::pinned(REV_NAT_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 /// Which backend each socket was sent to, to undo the translation on the
 /// way back. LRU: entries of closed sockets age out by themselves.
@@ -129,9 +136,8 @@ fn try_forward(ctx: &SockAddrContext) -> Result<(), Skip> {
     let port = sa.user_port as u16;
 
     let key = ServiceKey::new(address, port, proto, 0);
-    // SAFETY: values are plain integers; a concurrent update can at worst
-    // give us a mix of old and new fields, each of which is valid on its own
-    // thanks to the writer's update order.
+    // SAFETY: values are plain integers and the map is not preallocated,
+    // so the element stays whole (old or new, never recycled) while we read.
     // Copy the entry: every later decision then uses one consistent view,
     // and the compiler can see that `count` is not zero below.
     let svc = *unsafe { GP_SERVICES.get(&key) }.ok_or(Skip::NotAService)?;
@@ -140,11 +146,11 @@ fn try_forward(ctx: &SockAddrContext) -> Result<(), Skip> {
         return Err(Skip::NoBackend);
     }
 
-    let backend = match sticky_backend(ctx, svc) {
+    let backend = match sticky_backend(ctx, &key, svc) {
         Some(backend) => backend,
         None => {
-            let (backend_id, backend) = pick_backend(&key, svc)?;
-            remember_affinity(ctx, svc, backend_id);
+            let (slot, backend_id, backend) = pick_backend(&key, svc)?;
+            remember_affinity(ctx, svc, backend_id, slot);
             backend
         }
     };
@@ -159,7 +165,7 @@ fn try_forward(ctx: &SockAddrContext) -> Result<(), Skip> {
 
 /// Uniform random choice among the service's backend slots.
 #[inline(always)]
-fn pick_backend(key: &ServiceKey, svc: &ServiceValue) -> Result<(u32, Backend), Skip> {
+fn pick_backend(key: &ServiceKey, svc: &ServiceValue) -> Result<(u16, u32, Backend), Skip> {
     // SAFETY: plain helper call.
     let rand = unsafe { bpf_get_prandom_u32() };
     // checked_rem: a panic path (even an unreachable one) makes the program
@@ -173,7 +179,7 @@ fn pick_backend(key: &ServiceKey, svc: &ServiceValue) -> Result<(u32, Backend), 
     let backend_id = slot_val.backend_id;
     // SAFETY: see try_forward.
     let backend = unsafe { GP_BACKENDS.get(&backend_id) }.ok_or(Skip::NoBackend)?;
-    Ok((backend_id, *backend))
+    Ok((slot, backend_id, *backend))
 }
 
 #[inline(always)]
@@ -190,22 +196,32 @@ fn affinity_key(ctx: &SockAddrContext, svc: &ServiceValue) -> AffinityKey {
 /// The backend this client used last, if `ClientIP` affinity is on and the
 /// entry has not timed out.
 #[inline(always)]
-fn sticky_backend(ctx: &SockAddrContext, svc: &ServiceValue) -> Option<Backend> {
+fn sticky_backend(ctx: &SockAddrContext, key: &ServiceKey, svc: &ServiceValue) -> Option<Backend> {
     if svc.affinity_timeout == 0 {
         return None;
     }
-    let key = affinity_key(ctx, svc);
-    let entry = GP_AFFINITY.get_ptr_mut(&key)?;
+    let entry = GP_AFFINITY.get_ptr_mut(affinity_key(ctx, svc))?;
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: pointer from a successful lookup; LRU values stay valid for
     // the duration of the program (RCU).
-    let (backend_id, last_used) = unsafe { ((*entry).backend_id, (*entry).last_used_ns) };
+    let (backend_id, slot, last_used) =
+        unsafe { ((*entry).backend_id, (*entry).slot, (*entry).last_used_ns) };
     if now.saturating_sub(last_used) > svc.affinity_timeout as u64 * NSEC_PER_SEC {
         return None;
     }
-    // The agent deletes affinity entries of backends it removes from a
-    // service; a backend that is gone entirely is caught here.
+    // The backend must still be this service's: the agent purges entries
+    // of backends it removes, but a connect racing that purge, or an id
+    // reused by another service since, is caught here.
+    if slot == 0 || slot > svc.count {
+        return None;
+    }
+    let slot_key = ServiceKey::new(key.address, key.port, key.proto, slot);
+    // SAFETY: see try_forward.
+    let in_slot = unsafe { GP_SERVICES.get(&slot_key) }?;
+    if in_slot.backend_id != backend_id {
+        return None;
+    }
     // SAFETY: see try_forward.
     let backend = unsafe { GP_BACKENDS.get(&backend_id) }?;
     // SAFETY: as above.
@@ -214,13 +230,14 @@ fn sticky_backend(ctx: &SockAddrContext, svc: &ServiceValue) -> Option<Backend> 
 }
 
 #[inline(always)]
-fn remember_affinity(ctx: &SockAddrContext, svc: &ServiceValue, backend_id: u32) {
+fn remember_affinity(ctx: &SockAddrContext, svc: &ServiceValue, backend_id: u32, slot: u16) {
     if svc.affinity_timeout == 0 {
         return;
     }
     let key = affinity_key(ctx, svc);
     let value = Affinity {
         backend_id,
+        slot,
         _pad: 0,
         // SAFETY: plain helper call.
         last_used_ns: unsafe { bpf_ktime_get_ns() },

@@ -15,6 +15,10 @@ use crate::source::{DirChange, ManifestWatcher, WatchConfig};
 /// Default pin directory.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/gangplank";
 
+/// How often frontends that could not be programmed (a full map) are
+/// tried again.
+const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Object kinds the agent reads.
 pub const KINDS: &[&str] = &["Service", "EndpointSlice"];
 
@@ -44,9 +48,13 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
 
+    // Handlers first: a SIGTERM during start-up must still end in a clean
+    // exit (after the maps are consistent), not in the default action.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let started = Instant::now();
-    let (_datapath, maps) = Datapath::install(&config.bpffs, &config.cgroup)
-        .context("installing the socket load balancer")?;
+    let (mut datapath, maps) =
+        Datapath::load(&config.bpffs).context("loading the socket load balancer")?;
     let mut writer = Writer::new(maps).context("reading pinned maps")?;
     let adopted = writer.len();
     let installed = started.elapsed();
@@ -82,6 +90,13 @@ pub async fn run(config: Config) -> Result<()> {
     let scanned = started.elapsed();
     // Start-up reconciles against everything pinned: sync, not apply.
     let stats = writer.sync(store.frontends());
+    // Only now do the new programs go live: with fresh maps (first start,
+    // or an upgrade) they would otherwise pass service traffic through
+    // untranslated until the sync was done. A previous agent's programs,
+    // sharing these maps, kept serving meanwhile.
+    datapath
+        .attach(&config.cgroup)
+        .context("attaching the socket load balancer")?;
     // Parsing thousands of manifests on several threads leaves freed memory
     // in glibc's per-thread arenas; hand it back so a steady-state agent's
     // RSS reflects what it actually keeps.
@@ -105,20 +120,40 @@ pub async fn run(config: Config) -> Result<()> {
         "initial sync complete"
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut retry = tokio::time::interval(RETRY_INTERVAL);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             change = changes.recv() => match change {
                 Some(change) => apply_change(&mut store, &mut writer, change),
                 None => anyhow::bail!("manifest watcher stopped"),
             },
+            _ = retry.tick() => retry_failed(&store, &mut writer),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
     info!("stopping; programs stay attached and maps pinned, so traffic keeps flowing");
     Ok(())
+}
+
+/// Re-apply frontends whose last update failed, with their current
+/// desired state (which may by now be "gone").
+fn retry_failed<M: LbMaps>(store: &ServiceStore, writer: &mut Writer<M>) {
+    let retry: std::collections::BTreeMap<_, _> = writer
+        .failed()
+        .map(|key| (*key, store.frontend(key)))
+        .collect();
+    if retry.is_empty() {
+        return;
+    }
+    let stats = writer.apply(&retry);
+    info!(
+        frontends = retry.len(),
+        upserted = stats.upserted,
+        failed = stats.failed,
+        "retried frontends that could not be programmed"
+    );
 }
 
 #[instrument(skip_all, fields(changed = change.changed.len(), removed = change.removed.len()))]

@@ -42,13 +42,17 @@ fn endpoint_ip(i: usize) -> Ipv4Addr {
 
 fn docs(i: usize, endpoints: usize, generation: usize) -> [String; 2] {
     let name = format!("svc-{i:05}");
+    // A target port per service keeps every backend distinct even where
+    // endpoint addresses repeat (198.19.0.0/16 has 65,536 of them).
+    let target = 10_000 + i as u16;
     let svc =
-        Service::cluster_ip("bench", &name, vip(i)).port("http", 80, "TCP", Target::Number(8080));
+        Service::cluster_ip("bench", &name, vip(i)).port("http", 80, "TCP", Target::Number(target));
     let mut slice =
-        EndpointSlice::new("bench", &name, &format!("{name}-abcde")).port("http", 8080, "TCP");
+        EndpointSlice::new("bench", &name, &format!("{name}-abcde")).port("http", target, "TCP");
     for e in 0..endpoints {
         // `generation` shifts one endpoint so a rewrite is a real change.
-        let idx = (i * endpoints + e + if e == 0 { generation * 1_000_003 } else { 0 }) % 65_000;
+        let shift = if e == 0 { generation * 7_919 } else { 0 };
+        let idx = (i * endpoints + e + shift) % 65_536;
         slice = slice.endpoint(Endpoint::ready(endpoint_ip(idx), "node-a"));
     }
     [svc.to_yaml(), slice.to_yaml()]
@@ -81,6 +85,9 @@ fn rss_kib(pid: u32, key: &str) -> Result<u64> {
 
 pub fn run(opts: Options) -> Result<()> {
     gangplank_tests::check_privileges()?;
+    if opts.services > 32_768 {
+        bail!("--services: at most 32768 (one address each in 198.18.128.0/17)");
+    }
     let c = Cluster::new("bench", &[("node-a", &[])]).context("building the simulated node")?;
     let dir = c.manifests_dir().to_path_buf();
     let gen_started = Instant::now();

@@ -13,7 +13,6 @@ use crate::{root_dir, run};
 const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
 
 pub fn setup() -> Result<()> {
-    check_root()?;
     install_packages()?;
     install_rust_src()?;
     install_bpf_linker()?;
@@ -25,8 +24,8 @@ fn check_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
-            "gangplank's set-up, tests and demo need root (network namespaces, cgroups, BPF): \
-             run them as root, e.g. `sudo -E cargo xtask test`"
+            "installing missing Debian packages needs root: run as root, \
+             e.g. `sudo -E cargo xtask setup`"
         );
     }
     Ok(())
@@ -48,6 +47,7 @@ fn install_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    check_root()?;
     if !have("apt-get") {
         bail!("missing packages {missing:?} and no apt-get to install them: install them by hand");
     }

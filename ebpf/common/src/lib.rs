@@ -161,7 +161,11 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Affinity {
     pub backend_id: u32,
-    pub _pad: u32,
+    /// The slot the backend was found in: on reuse the datapath checks that
+    /// the slot still holds this backend, so a stale entry can never send
+    /// a client to another service's pod after ids were reused.
+    pub slot: u16,
+    pub _pad: u16,
     /// `bpf_ktime_get_ns()` of the last connection that used the entry.
     pub last_used_ns: u64,
 }
@@ -200,4 +204,5 @@ const _: () = {
     assert!(core::mem::size_of::<SockRevNat>() == 8);
     assert!(core::mem::size_of::<AffinityKey>() == 16);
     assert!(core::mem::size_of::<Affinity>() == 16);
+    assert!(core::mem::size_of::<ServiceName>() == SERVICE_NAME_LEN);
 };

@@ -18,26 +18,7 @@ const BPF_LINK_GET_NEXT_ID: i64 = 31;
 const BPF_LINK_DETACH: i64 = 34;
 const BPF_LINK_TYPE_CGROUP: u32 = 3;
 
-/// Room for any `union bpf_attr` we build (the kernel accepts a larger,
-/// zero-padded attr).
-type Attr = [u64; 16];
-
-fn bpf(cmd: i64, attr: &mut Attr) -> io::Result<i64> {
-    // SAFETY: attr is a valid, zero-initialised buffer at least as large as
-    // every bpf_attr layout used here, and lives across the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of::<Attr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc)
-}
+use super::sys::{bpf, Attr};
 
 fn next_link_id(start: u32) -> io::Result<Option<u32>> {
     let mut attr: Attr = [0; 16];
@@ -82,7 +63,8 @@ fn program_name(prog_id: u32) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
 }
 
-/// Links attached to `cgroup` whose program name starts with `gp_`.
+/// Links attached to `cgroup` running one of gangplank's programs (by
+/// name: the kernel keeps the first 15 bytes, which our names fit in).
 pub fn gangplank_links(cgroup: &Path) -> io::Result<Vec<(CgroupLink, OwnedFd)>> {
     // On cgroup v2 the cgroup id the kernel reports is the directory's
     // inode number.
@@ -107,7 +89,7 @@ pub fn gangplank_links(cgroup: &Path) -> io::Result<Vec<(CgroupLink, OwnedFd)>> 
             continue;
         }
         let program = program_name(prog_id).unwrap_or_default();
-        if program.starts_with("gp_") {
+        if super::loader::SOCKET_PROGRAMS.contains(&program.as_str()) {
             found.push((
                 CgroupLink {
                     link_id: id,

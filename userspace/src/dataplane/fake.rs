@@ -1,11 +1,9 @@
 //! In-memory maps that check, after every single operation, what the
 //! datapath could observe at that instant.
 
-use std::collections::HashSet;
-
 use gangplank_common::{Backend, RevNat, ServiceKey, ServiceName, ServiceValue};
 
-use super::maps::{LbMaps, Snapshot};
+use super::maps::{AffinityPurges, LbMaps, Snapshot};
 use super::{Error, Result};
 
 #[derive(Default)]
@@ -17,7 +15,7 @@ pub struct FakeMaps {
     pub ops: usize,
     /// Fail the n-th operation from now (simulates a full map).
     pub fail_at: Option<usize>,
-    pub affinity_purges: Vec<(u16, Option<HashSet<u32>>)>,
+    pub affinity_purges: Vec<AffinityPurges>,
 }
 
 impl FakeMaps {
@@ -104,8 +102,9 @@ impl LbMaps for FakeMaps {
         Ok(())
     }
 
-    fn purge_affinity(&mut self, rev_nat_id: u16, backends: Option<&HashSet<u32>>) -> Result<()> {
-        self.affinity_purges.push((rev_nat_id, backends.cloned()));
+    fn purge_affinity(&mut self, purges: &AffinityPurges) -> Result<()> {
+        self.step()?;
+        self.affinity_purges.push(purges.clone());
         Ok(())
     }
 

@@ -61,42 +61,144 @@ impl PinDirs {
 /// The loaded datapath. Dropping it leaves programs attached and maps
 /// pinned: that is the point (SIGTERM must not interrupt traffic).
 pub struct Datapath {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    dirs: PinDirs,
 }
 
 impl Datapath {
-    /// Load the programs, reuse or create the pinned maps, attach the socket
-    /// hooks at `cgroup`, and replace the links of a previous agent.
+    /// Load the programs and reuse (or create and pin) the maps; nothing is
+    /// attached yet, so the caller can fill the maps first.
     ///
     /// Returns the datapath and the maps for the writer.
-    pub fn install(bpffs: &Path, cgroup: &Path) -> Result<(Self, BpfMaps)> {
+    pub fn load(bpffs: &Path) -> Result<(Self, BpfMaps)> {
         let dirs = PinDirs::new(bpffs);
         for dir in [&dirs.maps, &dirs.links] {
             fs::create_dir_all(dir)
                 .map_err(boxed)
                 .map_err(load_err(format!("creating {}", dir.display())))?;
         }
+        let incompatible = format!(
+            "if the maps pinned in {} come from an incompatible gangplank version, \
+             run `gangplank uninstall --bpffs {}` first",
+            dirs.maps.display(),
+            bpffs.display()
+        );
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dirs.maps)
             .load(OBJECT)
             .map_err(boxed)
             .map_err(load_err(format!(
-                "loading the eBPF object (maps pinned in {}; if they come from an incompatible \
-                 gangplank version, run `gangplank uninstall --bpffs {}` first)",
-                dirs.maps.display(),
-                bpffs.display()
+                "loading the eBPF object ({incompatible})"
             )))?;
+        // aya reuses a pinned map of the right name without comparing its
+        // layout: do it here, before anything reads or writes one.
+        check_layouts(&ebpf).map_err(|e| Error::Load {
+            context: incompatible.clone(),
+            source: e.into(),
+        })?;
+        for name in SOCKET_PROGRAMS {
+            load_program(&mut ebpf, name)?;
+        }
+        let maps = BpfMaps::take(&mut ebpf)?;
+        Ok((Self { ebpf, dirs }, maps))
+    }
 
+    /// Attach the socket hooks at `cgroup`, replacing the links of a
+    /// previous agent.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
         let cgroup_file = File::open(cgroup)
             .map_err(boxed)
             .map_err(load_err(format!("opening cgroup {}", cgroup.display())))?;
         for name in SOCKET_PROGRAMS {
-            attach_replacing(&mut ebpf, name, &cgroup_file, cgroup, &dirs.links)?;
+            attach_replacing(&mut self.ebpf, name, &cgroup_file, cgroup, &self.dirs.links)?;
         }
-        info!(cgroup = %cgroup.display(), bpffs = %bpffs.display(), "socket load balancer attached");
-        let maps = BpfMaps::take(&mut ebpf)?;
-        Ok((Self { _ebpf: ebpf }, maps))
+        info!(cgroup = %cgroup.display(), "socket load balancer attached");
+        Ok(())
     }
+}
+
+/// Expected key size, value size and capacity of every map we pin.
+fn expected_layouts() -> [(&'static str, usize, usize, u32); 6] {
+    use gangplank_common::*;
+    use std::mem::size_of;
+    [
+        (
+            super::maps::SERVICES,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceValue>(),
+            SERVICES_MAP_SIZE,
+        ),
+        (
+            super::maps::BACKENDS,
+            size_of::<u32>(),
+            size_of::<Backend>(),
+            BACKENDS_MAP_SIZE,
+        ),
+        (
+            super::maps::REV_NAT,
+            size_of::<u16>(),
+            size_of::<RevNat>(),
+            REV_NAT_MAP_SIZE,
+        ),
+        (
+            super::maps::SOCK_REVNAT,
+            size_of::<SockRevNatKey>(),
+            size_of::<SockRevNat>(),
+            SOCK_REV_NAT_MAP_SIZE,
+        ),
+        (
+            super::maps::AFFINITY,
+            size_of::<AffinityKey>(),
+            size_of::<Affinity>(),
+            AFFINITY_MAP_SIZE,
+        ),
+        (
+            super::maps::SVC_NAMES,
+            size_of::<u16>(),
+            size_of::<ServiceName>(),
+            SERVICE_NAMES_MAP_SIZE,
+        ),
+    ]
+}
+
+fn check_layouts(ebpf: &Ebpf) -> std::result::Result<(), String> {
+    for (name, key, value, max) in expected_layouts() {
+        let data = match ebpf.map(name) {
+            Some(aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d)) => d,
+            Some(_) => return Err(format!("map {name} is not a hash map")),
+            None => return Err(format!("map {name} missing from the eBPF object")),
+        };
+        let info = data
+            .info()
+            .map_err(|e| format!("reading info of map {name}: {e}"))?;
+        let found = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        if found != (key, value, max) {
+            return Err(format!(
+                "pinned map {name} has key/value size and capacity {found:?}, expected {:?}",
+                (key, value, max)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let program: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Load {
+            context: format!("program {name}"),
+            source: "missing from the eBPF object".into(),
+        })?
+        .try_into()
+        .map_err(boxed)
+        .map_err(load_err(format!("program {name}")))?;
+    program.load().map_err(boxed).map_err(load_err(format!(
+        "loading {name} (needs Linux 5.18+ with CONFIG_CGROUP_BPF and BTF)"
+    )))
 }
 
 /// Attach program `name` and swap it in for the pinned link of a previous
@@ -119,9 +221,6 @@ fn attach_replacing(
         .try_into()
         .map_err(boxed)
         .map_err(load_err(format!("program {name}")))?;
-    program.load().map_err(boxed).map_err(load_err(format!(
-        "loading {name} (needs Linux 5.18+ with CONFIG_CGROUP_BPF and BTF)"
-    )))?;
     // bpf_link_create takes no attach flags for cgroups (EINVAL otherwise):
     // a cgroup link always behaves like BPF_F_ALLOW_MULTI, so other cgroup
     // programs (systemd, another CNI) keep working and the previous agent's
@@ -143,25 +242,28 @@ fn attach_replacing(
     )))?;
 
     let pin = links_dir.join(name);
-    // bpffs refuses names with a dot (EPERM): they are reserved.
-    let staging = links_dir.join(format!("{name}_new"));
-    let _ = fs::remove_file(&staging);
+    // Unique per agent process, so a staging pin left by an agent that died
+    // mid-handover (possibly the only attached link) is never removed
+    // before ours is in place. bpffs refuses names with a dot (EPERM).
+    let staging = links_dir.join(format!("{name}_new{}", std::process::id()));
     let pinned = fd_link
         .pin(&staging)
         .map_err(boxed)
         .map_err(load_err(format!("pinning link {}", staging.display())))?;
-    if pin.exists() {
-        match PinnedLink::from_pin(&pin) {
+    // Ours is attached and pinned: now every older link of this program
+    // (the previous agent's, or a staging pin of one that died) can go.
+    for old in previous_pins(links_dir, name, &staging) {
+        match PinnedLink::from_pin(&old) {
             // Unpinning drops the last reference: the old link detaches.
-            Ok(old) => {
-                old.unpin()
+            Ok(link) => {
+                link.unpin()
                     .map_err(boxed)
-                    .map_err(load_err(format!("unpinning old link {}", pin.display())))?;
-                debug!(program = name, "replaced previous agent's link");
+                    .map_err(load_err(format!("unpinning old link {}", old.display())))?;
+                debug!(program = name, pin = %old.display(), "replaced a previous link");
             }
+            // Not a link (a stray file): remove it so the rename works.
             Err(_) => {
-                // Not a link (a stray file): remove it so the rename works.
-                let _ = fs::remove_file(&pin);
+                let _ = fs::remove_file(&old);
             }
         }
     }
@@ -174,6 +276,23 @@ fn attach_replacing(
         )))?;
     drop(pinned);
     Ok(())
+}
+
+/// Pins in `dir` for program `name` other than `keep`: `name` itself and
+/// staging pins `name_new<pid>`.
+fn previous_pins(dir: &Path, name: &str, keep: &Path) -> Vec<PathBuf> {
+    let staging_prefix = format!("{name}_new");
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p != keep)
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == name || n.starts_with(&staging_prefix))
+        })
+        .collect()
 }
 
 /// What `uninstall` removed.
@@ -189,13 +308,7 @@ pub fn uninstall(bpffs: &Path) -> Result<Removed> {
     let dirs = PinDirs::new(bpffs);
     let mut removed = Removed::default();
     for name in SOCKET_PROGRAMS {
-        for path in [
-            dirs.links.join(name),
-            dirs.links.join(format!("{name}_new")),
-        ] {
-            if !path.exists() {
-                continue;
-            }
+        for path in previous_pins(&dirs.links, name, Path::new("")) {
             match PinnedLink::from_pin(&path) {
                 Ok(link) => {
                     link.unpin()

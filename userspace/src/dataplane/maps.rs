@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, Map, MapData, MapError};
 use gangplank_common::{
     Affinity, AffinityKey, Backend, RevNat, ServiceKey, ServiceName, ServiceValue,
 };
@@ -38,6 +38,43 @@ pub struct Snapshot {
     pub names: HashMap<u16, ServiceName>,
 }
 
+/// Affinity entries to forget, by reverse-NAT id: all of them (`None`) or
+/// only those pointing at some backends.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct AffinityPurges(pub HashMap<u16, Option<HashSet<u32>>>);
+
+impl AffinityPurges {
+    /// Forget every entry of `rev_nat_id`.
+    pub fn all(&mut self, rev_nat_id: u16) {
+        self.0.insert(rev_nat_id, None);
+    }
+
+    /// Forget the entries of `rev_nat_id` that point at `backends`.
+    pub fn backends(&mut self, rev_nat_id: u16, backends: &HashSet<u32>) {
+        // `None` (everything) already covers any set.
+        if let Some(set) = self
+            .0
+            .entry(rev_nat_id)
+            .or_insert_with(|| Some(HashSet::new()))
+        {
+            set.extend(backends);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the entry `rev_nat_id → backend_id` goes.
+    pub fn matches(&self, rev_nat_id: u16, backend_id: u32) -> bool {
+        match self.0.get(&rev_nat_id) {
+            Some(None) => true,
+            Some(Some(set)) => set.contains(&backend_id),
+            None => false,
+        }
+    }
+}
+
 /// Operations on the load-balancer maps, one syscall each on the real maps.
 pub trait LbMaps {
     fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
@@ -46,11 +83,30 @@ pub trait LbMaps {
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()>;
     fn put_rev_nat(&mut self, id: u16, rev: &RevNat, name: &ServiceName) -> Result<()>;
     fn delete_rev_nat(&mut self, id: u16) -> Result<()>;
-    /// Forget `ClientIP` affinity for `rev_nat_id`: all of it, or only the
-    /// entries that point at `backends`.
-    fn purge_affinity(&mut self, rev_nat_id: u16, backends: Option<&HashSet<u32>>) -> Result<()>;
+    /// Forget `ClientIP` affinity entries, in one pass over the map.
+    fn purge_affinity(&mut self, purges: &AffinityPurges) -> Result<()>;
     /// Read back everything (at start-up, to reconcile with pinned state).
     fn snapshot(&self) -> Result<Snapshot>;
+
+    /// Many backends at once (start-up). Callers order batches exactly as
+    /// they would order single writes.
+    fn put_backends(&mut self, entries: &[(u32, Backend)]) -> Result<()> {
+        entries
+            .iter()
+            .try_for_each(|(id, b)| self.put_backend(*id, b))
+    }
+
+    /// Many service entries at once (start-up).
+    fn put_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<()> {
+        entries.iter().try_for_each(|(k, v)| self.put_service(k, v))
+    }
+
+    /// Many reverse-NAT entries (and their names) at once (start-up).
+    fn put_rev_nats(&mut self, entries: &[(u16, RevNat, ServiceName)]) -> Result<()> {
+        entries
+            .iter()
+            .try_for_each(|(id, rev, name)| self.put_rev_nat(*id, rev, name))
+    }
 }
 
 /// The real, pinned BPF maps.
@@ -115,6 +171,25 @@ impl BpfMaps {
     }
 }
 
+/// One BPF_MAP_UPDATE_BATCH pass over `entries` instead of a syscall each.
+fn batch<K: aya::Pod, V: aya::Pod>(
+    name: &'static str,
+    map: &BpfHashMap<MapData, K, V>,
+    keys: Vec<K>,
+    values: Vec<V>,
+) -> Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    super::sys::update_batch(fd, &keys, &values).map_err(|io_error| Error::Map {
+        map: name,
+        op: "batch update",
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "BPF_MAP_UPDATE_BATCH",
+            io_error,
+        }),
+    })
+}
+
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> Error {
     move |source| Error::Map { map, op, source }
 }
@@ -169,12 +244,14 @@ impl LbMaps for BpfMaps {
     }
 
     fn put_rev_nat(&mut self, id: u16, rev: &RevNat, name: &ServiceName) -> Result<()> {
-        self.names
-            .insert(id, name, 0)
-            .map_err(map_err(SVC_NAMES, "update"))?;
+        // Reverse-NAT first: the writer trusts a present name to mean the
+        // reverse-NAT entry was written too.
         self.rev_nat
             .insert(id, rev, 0)
-            .map_err(map_err(REV_NAT, "update"))
+            .map_err(map_err(REV_NAT, "update"))?;
+        self.names
+            .insert(id, name, 0)
+            .map_err(map_err(SVC_NAMES, "update"))
     }
 
     fn delete_rev_nat(&mut self, id: u16) -> Result<()> {
@@ -182,18 +259,34 @@ impl LbMaps for BpfMaps {
         ignore_missing(self.names.remove(&id)).map_err(map_err(SVC_NAMES, "delete"))
     }
 
-    fn purge_affinity(&mut self, rev_nat_id: u16, backends: Option<&HashSet<u32>>) -> Result<()> {
+    fn purge_affinity(&mut self, purges: &AffinityPurges) -> Result<()> {
         let stale: Vec<AffinityKey> = collect(AFFINITY, &self.affinity)?
             .into_iter()
-            .filter(|(k, v)| {
-                k.rev_nat_id == rev_nat_id && backends.is_none_or(|b| b.contains(&v.backend_id))
-            })
+            .filter(|(k, v)| purges.matches(k.rev_nat_id, v.backend_id))
             .map(|(k, _)| k)
             .collect();
         for key in stale {
             ignore_missing(self.affinity.remove(&key)).map_err(map_err(AFFINITY, "delete"))?;
         }
         Ok(())
+    }
+
+    fn put_backends(&mut self, entries: &[(u32, Backend)]) -> Result<()> {
+        let (keys, values) = entries.iter().copied().unzip();
+        batch(BACKENDS, &self.backends, keys, values)
+    }
+
+    fn put_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<()> {
+        let (keys, values) = entries.iter().copied().unzip();
+        batch(SERVICES, &self.services, keys, values)
+    }
+
+    fn put_rev_nats(&mut self, entries: &[(u16, RevNat, ServiceName)]) -> Result<()> {
+        let ids: Vec<u16> = entries.iter().map(|e| e.0).collect();
+        let names = entries.iter().map(|e| e.2).collect();
+        let revs = entries.iter().map(|e| e.1).collect();
+        batch(REV_NAT, &self.rev_nat, ids.clone(), revs)?;
+        batch(SVC_NAMES, &self.names, ids, names)
     }
 
     fn snapshot(&self) -> Result<Snapshot> {

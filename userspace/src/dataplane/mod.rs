@@ -5,6 +5,7 @@ pub mod attached;
 pub mod ids;
 pub mod loader;
 pub mod maps;
+mod sys;
 pub mod writer;
 
 #[cfg(test)]

@@ -292,12 +292,15 @@ fn affinity_entries_of_removed_backends_are_purged() {
     fewer.affinity_timeout = 10800;
     w.apply(&BTreeMap::from([(k, Some(fewer))]));
     let purges = &w.maps().affinity_purges;
-    assert_eq!(
-        purges.len(),
-        1,
-        "one purge for the removed backend: {purges:?}"
+    assert_eq!(purges.len(), 1, "one purge pass: {purges:?}");
+    assert!(
+        purges[0].matches(1, 1),
+        "entries pointing at the removed backend go: {purges:?}"
     );
-    assert_eq!(purges[0].1.as_ref().map(|s| s.len()), Some(1));
+    assert!(
+        !purges[0].matches(1, 2),
+        "entries of the remaining backend stay: {purges:?}"
+    );
 }
 
 #[test]
@@ -309,4 +312,123 @@ fn terminating_backends_are_flagged() {
     w.sync([&fe]);
     let b = w.maps().state.backends.values().next().copied();
     assert_eq!(b.map(|b| b.flags), Some(BACKEND_FLAG_TERMINATING));
+}
+
+#[test]
+fn a_failed_batch_at_start_up_falls_back_to_one_frontend_at_a_time() {
+    let fes: Vec<Frontend> = (0..20u8)
+        .map(|i| {
+            frontend(
+                key([198, 18, 200, i], 80, Protocol::Tcp),
+                &[(10 + i % 3, 80), (40 + i, 80)],
+            )
+        })
+        .collect();
+    for fail_at in [0, 5, 30, 60, 79] {
+        let mut w = writer();
+        // The fake's batch operations are single writes in order, so this
+        // fails somewhere inside one of the batch phases.
+        w.maps_mut_for_test().fail_at = Some(fail_at);
+        let stats = w.sync(&fes);
+        assert_consistent(&w);
+        assert_eq!(
+            stats.failed, 0,
+            "the retry succeeds once space is back (fail_at {fail_at})"
+        );
+        for fe in &fes {
+            assert_eq!(
+                resolved(&w, &fe.key).len(),
+                2,
+                "{} after fail_at {fail_at}",
+                fe.key
+            );
+        }
+        let backends = &w.maps().state.backends;
+        assert_eq!(
+            backends.len(),
+            23,
+            "3 shared + 20 own backends, no leftovers (fail_at {fail_at})"
+        );
+        assert_eq!(w.maps().state.rev_nats.len(), 20);
+    }
+}
+
+#[test]
+fn orphaned_slots_are_removed_before_the_frontend_is_rewritten() {
+    // A start-up killed after the batch wrote slots but before it wrote
+    // the master entries leaves slots without a master.
+    let k = key([198, 18, 200, 10], 80, Protocol::Tcp);
+    let mut first = writer();
+    first.sync([&frontend(k, &[(10, 80), (11, 80)])]);
+    let mut pinned = first.maps().state.clone();
+    pinned.services.remove(&service_key(&k, 0));
+
+    let mut second = Writer::new(FakeMaps {
+        state: pinned,
+        ..Default::default()
+    })
+    .expect("snapshot");
+    second.sync([&frontend(k, &[(10, 80), (11, 80)])]);
+    assert_eq!(
+        resolved(&second, &k).len(),
+        2,
+        "the sweep must not delete slots that were just rewritten"
+    );
+    assert_consistent(&second);
+}
+
+#[test]
+fn a_missing_reverse_nat_entry_is_rewritten_at_adoption() {
+    let k = key([198, 18, 200, 10], 53, Protocol::Udp);
+    let mut first = writer();
+    first.sync([&frontend(k, &[(10, 53)])]);
+    let mut pinned = first.maps().state.clone();
+    pinned.rev_nats.clear(); // crash between name and reverse-NAT writes
+    let mut second = Writer::new(FakeMaps {
+        state: pinned,
+        ..Default::default()
+    })
+    .expect("snapshot");
+    second.sync([&frontend(k, &[(10, 53)])]);
+    assert_eq!(
+        second.maps().state.rev_nats.len(),
+        1,
+        "UDP replies need the reverse-NAT entry back"
+    );
+}
+
+#[test]
+fn duplicate_backends_in_pinned_state_do_not_leak() {
+    let k = key([198, 18, 200, 10], 80, Protocol::Tcp);
+    let mut first = writer();
+    first.sync([&frontend(k, &[(10, 80)])]);
+    let mut pinned = first.maps().state.clone();
+    let dup = pinned.backends[&1];
+    pinned.backends.insert(7, dup);
+    let mut second = Writer::new(FakeMaps {
+        state: pinned,
+        ..Default::default()
+    })
+    .expect("snapshot");
+    second.sync([&frontend(k, &[(10, 80)])]);
+    assert_eq!(
+        second.maps().state.backends.len(),
+        1,
+        "the duplicate is removed"
+    );
+    assert_eq!(resolved(&second, &k).len(), 1);
+    assert_consistent(&second);
+}
+
+#[test]
+fn failed_frontends_are_remembered_for_retry() {
+    let mut w = writer();
+    let k = key([198, 18, 200, 10], 80, Protocol::Tcp);
+    w.sync(Vec::<Frontend>::new());
+    w.maps_mut_for_test().fail_at = Some(0);
+    w.apply(&BTreeMap::from([(k, Some(frontend(k, &[(10, 80)])))]));
+    assert_eq!(w.failed().collect::<Vec<_>>(), vec![&k]);
+    w.apply(&BTreeMap::from([(k, Some(frontend(k, &[(10, 80)])))]));
+    assert_eq!(w.failed().count(), 0);
+    assert_eq!(resolved(&w, &k).len(), 1);
 }

@@ -11,17 +11,17 @@
 //! master entry, and every slot below either count holds a live backend.
 
 use std::borrow::Borrow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use gangplank_common::{
-    Backend, RevNat, ServiceKey, ServiceName, ServiceValue, BACKEND_FLAG_TERMINATING, PROTO_TCP,
-    PROTO_UDP, SERVICE_NAME_LEN,
+    Backend, RevNat, ServiceKey, ServiceName, ServiceValue, BACKENDS_MAP_SIZE,
+    BACKEND_FLAG_TERMINATING, PROTO_TCP, PROTO_UDP, REV_NAT_MAP_SIZE, SERVICE_NAME_LEN,
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::ids::IdAllocator;
-use super::maps::{LbMaps, Snapshot};
+use super::maps::{AffinityPurges, LbMaps, Snapshot};
 use super::{Error, Result};
 use crate::model::{BackendAddr, Frontend, FrontendKey, Protocol};
 
@@ -45,9 +45,11 @@ struct BackendEntry {
 #[derive(Debug, Clone, PartialEq)]
 struct Programmed {
     rev_nat_id: u16,
-    /// Backend id of slot `i + 1`.
+    /// Backend id of slot `i + 1` (0: a hole found in pinned state, to be
+    /// rewritten).
     slots: Vec<u32>,
     affinity_timeout: u32,
+    /// All zeroes when the reverse-NAT entry must be rewritten.
     name: ServiceName,
 }
 
@@ -59,15 +61,21 @@ pub struct Writer<M> {
     backend_by_id: HashMap<u32, BackendKey>,
     backend_ids: IdAllocator,
     rev_nat_ids: IdAllocator,
-    /// Entries found in pinned maps that belong to nothing; removed by
-    /// [`Writer::sync`] once the desired state is known.
+    /// Entries found in pinned maps that belong to nothing, removed by the
+    /// next [`Writer::sync`].
     orphans: Orphans,
+    /// Affinity entries to forget, collected during one call and purged in
+    /// one pass over the affinity map at its end.
+    purges: AffinityPurges,
+    /// Frontends whose last update failed (a full map), for [`Writer::failed`].
+    failed: BTreeSet<FrontendKey>,
 }
 
 #[derive(Debug, Default)]
 struct Orphans {
     slots: Vec<ServiceKey>,
     rev_nats: Vec<u16>,
+    backends: Vec<u32>,
 }
 
 /// Map entries touched by one call, for logs and benchmarks.
@@ -85,7 +93,7 @@ fn proto_number(p: Protocol) -> u8 {
     }
 }
 
-/// Map-side key of a frontend's master entry (addresses and ports in
+/// Map-side key of a frontend's entry `slot` (addresses and ports in
 /// network byte order, as the socket hooks see them).
 pub fn service_key(key: &FrontendKey, slot: u16) -> ServiceKey {
     ServiceKey::new(
@@ -93,6 +101,57 @@ pub fn service_key(key: &FrontendKey, slot: u16) -> ServiceKey {
         key.port.to_be(),
         proto_number(key.protocol),
         slot,
+    )
+}
+
+fn slot_key(master: &ServiceKey, slot: usize) -> ServiceKey {
+    ServiceKey {
+        backend_slot: slot as u16,
+        ..*master
+    }
+}
+
+fn slot_value(backend_id: u32, rev_nat_id: u16) -> ServiceValue {
+    ServiceValue {
+        backend_id,
+        count: 0,
+        rev_nat_id,
+        affinity_timeout: 0,
+        flags: 0,
+        _pad: 0,
+    }
+}
+
+fn master_value(count: u16, rev_nat_id: u16, affinity_timeout: u32) -> ServiceValue {
+    ServiceValue {
+        backend_id: 0,
+        count,
+        rev_nat_id,
+        affinity_timeout,
+        flags: 0,
+        _pad: 0,
+    }
+}
+
+fn rev_nat_value(master: &ServiceKey) -> RevNat {
+    RevNat {
+        address: master.address,
+        port: master.port,
+        _pad: 0,
+    }
+}
+
+/// "198.18.200.10:80/TCP" for logs.
+pub fn describe(key: &ServiceKey) -> String {
+    let proto = match key.proto {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        _ => "?",
+    };
+    format!(
+        "{}:{}/{proto}",
+        Ipv4Addr::from(u32::from_be(key.address)),
+        u16::from_be(key.port)
     )
 }
 
@@ -109,17 +168,41 @@ fn backend_key(addr: &BackendAddr, proto: u8) -> BackendKey {
     }
 }
 
+fn backend_value(key: &BackendKey) -> Backend {
+    Backend {
+        address: key.address,
+        port: key.port,
+        proto: key.proto,
+        flags: key.flags,
+    }
+}
+
+const NO_NAME: ServiceName = ServiceName {
+    name: [0; SERVICE_NAME_LEN],
+};
+
 fn service_name(fe: &Frontend) -> ServiceName {
     let text = if fe.port_name.is_empty() {
         format!("{}", fe.service)
     } else {
         format!("{}:{}", fe.service, fe.port_name)
     };
-    let mut name = [0u8; SERVICE_NAME_LEN];
+    let mut name = NO_NAME;
     let bytes = text.as_bytes();
     let len = bytes.len().min(SERVICE_NAME_LEN);
-    name[..len].copy_from_slice(&bytes[..len]);
-    ServiceName { name }
+    name.name[..len].copy_from_slice(&bytes[..len]);
+    name
+}
+
+/// Backends of a frontend, deduplicated: a repeated endpoint must not
+/// take two references (or two slots).
+fn unique_backends(fe: &Frontend, proto: u8) -> Vec<BackendKey> {
+    let mut seen = HashSet::with_capacity(fe.backends.len());
+    fe.backends
+        .iter()
+        .map(|a| backend_key(a, proto))
+        .filter(|k| seen.insert(*k))
+        .collect()
 }
 
 /// Slot assignment that keeps every surviving backend in its slot, so one
@@ -156,15 +239,19 @@ impl<M: LbMaps> Writer<M> {
             frontends: HashMap::new(),
             backends: HashMap::new(),
             backend_by_id: HashMap::new(),
-            backend_ids: IdAllocator::new(1, u32::MAX),
-            rev_nat_ids: IdAllocator::new(1, u16::MAX as u32),
+            backend_ids: IdAllocator::new(1, BACKENDS_MAP_SIZE),
+            rev_nat_ids: IdAllocator::new(1, REV_NAT_MAP_SIZE.min(u16::MAX as u32)),
             orphans: Orphans::default(),
+            purges: AffinityPurges::default(),
+            failed: BTreeSet::new(),
         };
         writer.adopt(snapshot);
         Ok(writer)
     }
 
-    /// Rebuild bookkeeping from map contents.
+    /// Rebuild bookkeeping from map contents. Anything inconsistent is
+    /// either marked for rewriting (holes, a wrong reverse-NAT entry) or
+    /// recorded as an orphan for the next sync.
     fn adopt(&mut self, snap: Snapshot) {
         for (id, backend) in &snap.backends {
             let key = BackendKey {
@@ -173,79 +260,80 @@ impl<M: LbMaps> Writer<M> {
                 proto: backend.proto,
                 flags: backend.flags,
             };
-            if self.backends.contains_key(&key) {
-                // A duplicate can only come from a foreign writer; let the
-                // refcount sweep below remove it.
+            let in_range = *id != 0 && *id <= BACKENDS_MAP_SIZE;
+            if !in_range || self.backends.contains_key(&key) {
+                // A duplicate or an impossible id (a foreign or corrupted
+                // writer): slots that name it count as holes and get
+                // rewritten; the entry itself goes in the final sweep.
+                self.backend_ids.reserve(*id);
+                self.orphans.backends.push(*id);
                 continue;
             }
             self.backend_ids.reserve(*id);
             self.backends.insert(key, BackendEntry { id: *id, refs: 0 });
             self.backend_by_id.insert(*id, key);
         }
-        let mut used_rev_nats = HashSet::new();
         for (key, value) in &snap.services {
             if key.backend_slot != 0 {
                 continue;
             }
-            let mut slots = Vec::with_capacity(value.count as usize);
-            for slot in 1..=value.count {
-                let slot_key = ServiceKey {
-                    backend_slot: slot,
-                    ..*key
-                };
-                match snap.services.get(&slot_key) {
-                    Some(v) if self.backend_by_id.contains_key(&v.backend_id) => {
-                        slots.push(v.backend_id)
-                    }
+            let slots: Vec<u32> = (1..=value.count as usize)
+                .map(|slot| match snap.services.get(&slot_key(key, slot)) {
+                    Some(v) if self.backend_by_id.contains_key(&v.backend_id) => v.backend_id,
                     // A hole in a pinned service: the next sync rewrites it.
-                    _ => slots.push(0),
-                }
-            }
+                    _ => 0,
+                })
+                .collect();
             for id in slots.iter().filter(|id| **id != 0) {
-                if let Some(bk) = self.backend_by_id.get(id) {
-                    if let Some(entry) = self.backends.get_mut(bk) {
-                        entry.refs += 1;
-                    }
+                if let Some(entry) = self
+                    .backend_by_id
+                    .get(id)
+                    .and_then(|bk| self.backends.get_mut(bk))
+                {
+                    entry.refs += 1;
                 }
             }
-            used_rev_nats.insert(value.rev_nat_id);
             self.rev_nat_ids.reserve(value.rev_nat_id as u32);
+            // Names are written after reverse-NAT entries; a name whose
+            // reverse-NAT entry is missing or wrong forces both to be
+            // rewritten (UDP replies depend on it).
+            let rev_ok = snap.rev_nats.get(&value.rev_nat_id) == Some(&rev_nat_value(key));
+            let name = match snap.names.get(&value.rev_nat_id) {
+                Some(name) if rev_ok => *name,
+                _ => NO_NAME,
+            };
             self.frontends.insert(
                 *key,
                 Programmed {
                     rev_nat_id: value.rev_nat_id,
                     slots,
                     affinity_timeout: value.affinity_timeout,
-                    name: snap
-                        .names
-                        .get(&value.rev_nat_id)
-                        .copied()
-                        .unwrap_or(ServiceName {
-                            name: [0; SERVICE_NAME_LEN],
-                        }),
+                    name,
                 },
             );
         }
-        for key in snap.services.keys() {
-            if key.backend_slot == 0 {
-                continue;
-            }
-            let master = ServiceKey {
-                backend_slot: 0,
-                ..*key
-            };
+        for key in snap.services.keys().filter(|k| k.backend_slot != 0) {
             let in_range = self
                 .frontends
-                .get(&master)
+                .get(&slot_key(key, 0))
                 .is_some_and(|p| (key.backend_slot as usize) <= p.slots.len());
             if !in_range {
                 self.orphans.slots.push(*key);
             }
         }
-        for id in snap.rev_nats.keys().chain(snap.names.keys()) {
-            if !used_rev_nats.contains(id) && !self.orphans.rev_nats.contains(id) {
-                self.orphans.rev_nats.push(*id);
-            }
+        let used: HashSet<u16> = self.frontends.values().map(|p| p.rev_nat_id).collect();
+        let unused: BTreeSet<u16> = snap
+            .rev_nats
+            .keys()
+            .chain(snap.names.keys())
+            .filter(|id| !used.contains(id))
+            .copied()
+            .collect();
+        for id in unused {
+            // Reserved until swept, so no new frontend gets it while
+            // affinity entries may still carry it.
+            self.rev_nat_ids.reserve(id as u32);
+            self.orphans.rev_nats.push(id);
         }
     }
 
@@ -258,53 +346,175 @@ impl<M: LbMaps> Writer<M> {
         self.frontends.is_empty()
     }
 
-    /// Make the maps hold exactly `desired` (start-up and full resyncs):
-    /// upsert every desired frontend, delete every other one, then remove
-    /// orphaned entries left in pinned maps by an earlier run.
+    /// Frontends whose last update failed and that are not in the maps;
+    /// re-apply them later (the agent retries periodically).
+    pub fn failed(&self) -> impl Iterator<Item = &FrontendKey> {
+        self.failed.iter()
+    }
+
+    /// Make the maps hold exactly `desired` (start-up and full resyncs).
+    ///
+    /// Order: orphans of an earlier run go first (nothing points at them,
+    /// and a later write may reuse their keys), then frontends that are no
+    /// longer wanted (room in full maps), then updates, then new frontends
+    /// in batches, and unused backends last.
     pub fn sync<F: Borrow<Frontend>>(&mut self, desired: impl IntoIterator<Item = F>) -> Stats {
         let mut stats = Stats::default();
-        let mut wanted = HashSet::new();
+        self.sweep_orphans(&mut stats);
+
+        let mut wanted = HashMap::new();
         for fe in desired {
             let fe = fe.borrow();
-            wanted.insert(service_key(&fe.key, 0));
-            self.upsert_logged(fe, &mut stats);
+            wanted
+                .entry(service_key(&fe.key, 0))
+                .or_insert_with(|| fe.clone());
         }
         let stale: Vec<ServiceKey> = self
             .frontends
             .keys()
-            .filter(|k| !wanted.contains(k))
+            .filter(|k| !wanted.contains_key(k))
             .copied()
             .collect();
         for key in stale {
             self.delete_logged(&key, &mut stats);
         }
-        self.sweep_orphans(&mut stats);
+        let mut fresh = Vec::new();
+        for (key, fe) in wanted {
+            if self.frontends.contains_key(&key) {
+                self.upsert_logged(&fe, &mut stats);
+            } else {
+                fresh.push(fe);
+            }
+        }
+        self.bulk_insert(&fresh, &mut stats);
+        // Pinned state's reference counts were rebuilt from slots that may
+        // have had holes; recount once so nothing unused stays behind.
+        self.sweep_unreferenced(&mut stats);
+        self.flush_purges(&mut stats);
         stats
     }
 
-    /// Apply a set of per-frontend changes (`None` deletes).
+    /// Apply a set of per-frontend changes (`None` deletes). Deletions go
+    /// first so that a full map has room for the updates.
     pub fn apply<'a>(
         &mut self,
         changes: impl IntoIterator<Item = (&'a FrontendKey, &'a Option<Frontend>)>,
     ) -> Stats {
         let mut stats = Stats::default();
+        let mut upserts = Vec::new();
         for (key, desired) in changes {
             match desired {
-                Some(fe) => self.upsert_logged(fe, &mut stats),
-                None => self.delete_logged(&service_key(key, 0), &mut stats),
+                Some(fe) => upserts.push(fe),
+                None => {
+                    self.failed.remove(key);
+                    self.delete_logged(&service_key(key, 0), &mut stats);
+                }
             }
         }
+        for fe in upserts {
+            self.upsert_logged(fe, &mut stats);
+        }
+        self.flush_purges(&mut stats);
         stats
+    }
+
+    /// Program frontends that are not in the maps yet with a handful of
+    /// batch syscalls instead of one per entry (start-up at 10,000 services
+    /// writes ~230,000 entries). The phases keep the single-write order:
+    /// all backends, all reverse-NAT entries, all slots, then all master
+    /// entries, so no master entry is visible before what it points to.
+    /// If anything fails (a full map), everything planned is removed again
+    /// and the frontends go through the one-at-a-time path, which reports
+    /// exactly which ones do not fit.
+    fn bulk_insert(&mut self, fresh: &[Frontend], stats: &mut Stats) {
+        if fresh.is_empty() {
+            return;
+        }
+        let mut backends = Vec::new();
+        let mut rev_nats = Vec::with_capacity(fresh.len());
+        let mut slots = Vec::new();
+        let mut masters = Vec::with_capacity(fresh.len());
+        let mut planned = Vec::with_capacity(fresh.len());
+        let plan = (|| -> Result<()> {
+            for fe in fresh {
+                let master_key = service_key(&fe.key, 0);
+                let keys = unique_backends(fe, master_key.proto);
+                let count = u16::try_from(keys.len()).map_err(|_| Error::TooManyBackends {
+                    frontend: fe.key.to_string(),
+                    count: keys.len(),
+                })?;
+                let rev_nat_id =
+                    self.rev_nat_ids
+                        .allocate()
+                        .ok_or(Error::IdsExhausted("reverse-NAT"))? as u16;
+                let name = service_name(fe);
+                // Recorded before the backends are reserved, so that a
+                // failure below is undone by `delete` like the rest.
+                self.frontends.insert(
+                    master_key,
+                    Programmed {
+                        rev_nat_id,
+                        slots: Vec::with_capacity(keys.len()),
+                        affinity_timeout: fe.affinity_timeout,
+                        name,
+                    },
+                );
+                planned.push(master_key);
+                rev_nats.push((rev_nat_id, rev_nat_value(&master_key), name));
+                for (i, key) in keys.into_iter().enumerate() {
+                    let (id, new) = self.reserve_backend(key)?;
+                    if let Some(p) = self.frontends.get_mut(&master_key) {
+                        p.slots.push(id);
+                    }
+                    if new {
+                        backends.push((id, backend_value(&key)));
+                    }
+                    slots.push((slot_key(&master_key, i + 1), slot_value(id, rev_nat_id)));
+                }
+                masters.push((
+                    master_key,
+                    master_value(count, rev_nat_id, fe.affinity_timeout),
+                ));
+            }
+            Ok(())
+        })();
+        let written = plan.and_then(|()| {
+            self.maps.put_backends(&backends)?;
+            self.maps.put_rev_nats(&rev_nats)?;
+            self.maps.put_services(&slots)?;
+            self.maps.put_services(&masters)
+        });
+        match written {
+            Ok(()) => stats.upserted += planned.len(),
+            Err(error) => {
+                warn!(%error, frontends = fresh.len(),
+                      "batch write failed; programming frontends one at a time");
+                let mut ignored = Stats::default();
+                for key in &planned {
+                    // Removes whatever part of it reached the maps and
+                    // gives back its ids and backend references.
+                    self.delete_logged(key, &mut ignored);
+                }
+                for fe in fresh {
+                    self.upsert_logged(fe, stats);
+                }
+            }
+        }
     }
 
     fn upsert_logged(&mut self, fe: &Frontend, stats: &mut Stats) {
         match self.upsert(fe) {
-            Ok(true) => stats.upserted += 1,
-            Ok(false) => {}
+            Ok(wrote) => {
+                self.failed.remove(&fe.key);
+                if wrote {
+                    stats.upserted += 1;
+                }
+            }
             Err(error) => {
                 stats.failed += 1;
+                self.failed.insert(fe.key);
                 warn!(frontend = %fe.key, service = %fe.service, %error,
-                      "frontend could not be programmed; removed it so no half-written state stays");
+                      "frontend could not be programmed; removed it so no half-written state stays, will retry");
             }
         }
     }
@@ -315,16 +525,22 @@ impl<M: LbMaps> Writer<M> {
             Ok(false) => {}
             Err(error) => {
                 stats.failed += 1;
-                warn!(frontend = ?key, %error, "frontend could not be removed");
+                warn!(frontend = %describe(key), %error, "frontend could not be removed");
             }
         }
     }
 
     /// Program one frontend. Returns whether anything was written. On
-    /// failure (a full map, say) the frontend is removed entirely rather
+    /// failure (a full map, say) the frontend is taken out entirely rather
     /// than left half-written.
     fn upsert(&mut self, fe: &Frontend) -> Result<bool> {
         let master_key = service_key(&fe.key, 0);
+        if fe.backends.len() > u16::MAX as usize {
+            return Err(Error::TooManyBackends {
+                frontend: fe.key.to_string(),
+                count: fe.backends.len(),
+            });
+        }
         let mut acquired = Vec::with_capacity(fe.backends.len());
         let mut new_rev_nat = None;
         let result = self.write_frontend(fe, &master_key, &mut acquired, &mut new_rev_nat);
@@ -333,25 +549,13 @@ impl<M: LbMaps> Writer<M> {
             let most_slots = old
                 .as_ref()
                 .map_or(0, |p| p.slots.len())
-                .max(fe.backends.len());
-            // Best effort: the error that matters is the one returned.
-            let _ = self.maps.delete_service(&master_key);
-            for slot in 1..=most_slots {
-                let key = ServiceKey {
-                    backend_slot: slot as u16,
-                    ..master_key
-                };
-                let _ = self.maps.delete_service(&key);
-            }
+                .max(acquired.len());
             let rev_nat = old.as_ref().map(|p| p.rev_nat_id).or(new_rev_nat);
-            if let Some(id) = rev_nat {
-                let _ = self.maps.delete_rev_nat(id);
-                self.rev_nat_ids.free(id as u32);
-            }
+            self.take_down(&master_key, most_slots, rev_nat, true);
             if let Some(old) = old {
-                let _ = self.release_all(&old.slots);
+                self.release_all(&old.slots);
             }
-            let _ = self.release_all(&acquired);
+            self.release_all(&acquired);
         }
         result
     }
@@ -364,23 +568,16 @@ impl<M: LbMaps> Writer<M> {
         new_rev_nat: &mut Option<u16>,
     ) -> Result<bool> {
         let master_key = *master_key;
-        let proto = master_key.proto;
         let name = service_name(fe);
 
         // 1. Backends first: every id a slot will name must exist.
-        for addr in &fe.backends {
-            acquired.push(self.acquire_backend(backend_key(addr, proto))?);
+        for key in unique_backends(fe, master_key.proto) {
+            acquired.push(self.acquire_backend(key)?);
         }
 
         let old = self.frontends.get(&master_key).cloned();
         let old_slots = old.as_ref().map(|p| p.slots.clone()).unwrap_or_default();
         let slots = assign_slots(&old_slots, acquired);
-        if slots.len() > u16::MAX as usize {
-            return Err(Error::TooManyBackends {
-                frontend: fe.key.to_string(),
-                count: slots.len(),
-            });
-        }
 
         let rev_nat_id = match &old {
             Some(p) => p.rev_nat_id,
@@ -395,12 +592,8 @@ impl<M: LbMaps> Writer<M> {
         };
         let mut wrote = false;
         if old.as_ref().is_none_or(|p| p.name != name) {
-            let rev = RevNat {
-                address: master_key.address,
-                port: master_key.port,
-                _pad: 0,
-            };
-            self.maps.put_rev_nat(rev_nat_id, &rev, &name)?;
+            self.maps
+                .put_rev_nat(rev_nat_id, &rev_nat_value(&master_key), &name)?;
             wrote = true;
         }
 
@@ -409,49 +602,29 @@ impl<M: LbMaps> Writer<M> {
             if old_slots.get(i) == Some(id) {
                 continue;
             }
-            let key = ServiceKey {
-                backend_slot: (i + 1) as u16,
-                ..master_key
-            };
-            let value = ServiceValue {
-                backend_id: *id,
-                count: 0,
-                rev_nat_id,
-                affinity_timeout: 0,
-                flags: 0,
-                _pad: 0,
-            };
-            self.maps.put_service(&key, &value)?;
+            self.maps
+                .put_service(&slot_key(&master_key, i + 1), &slot_value(*id, rev_nat_id))?;
             wrote = true;
         }
 
         // 3. The master entry.
-        let master = ServiceValue {
-            backend_id: 0,
-            count: slots.len() as u16,
-            rev_nat_id,
-            affinity_timeout: fe.affinity_timeout,
-            flags: 0,
-            _pad: 0,
-        };
         let master_changed = old.as_ref().is_none_or(|p| {
             p.slots.len() != slots.len() || p.affinity_timeout != fe.affinity_timeout
         });
         if master_changed {
-            self.maps.put_service(&master_key, &master)?;
+            let value = master_value(slots.len() as u16, rev_nat_id, fe.affinity_timeout);
+            self.maps.put_service(&master_key, &value)?;
             wrote = true;
         }
 
         // 4. Slots beyond the new count.
         for slot in slots.len()..old_slots.len() {
-            let key = ServiceKey {
-                backend_slot: (slot + 1) as u16,
-                ..master_key
-            };
-            self.maps.delete_service(&key)?;
+            self.maps.delete_service(&slot_key(&master_key, slot + 1))?;
             wrote = true;
         }
 
+        // From here on the frontend is fully written; what follows is
+        // housekeeping and must not take the service down if it fails.
         self.frontends.insert(
             master_key,
             Programmed {
@@ -461,133 +634,201 @@ impl<M: LbMaps> Writer<M> {
                 name,
             },
         );
-
-        // 5. References: the new slots hold one each (acquired above), the
-        // old slots give theirs back; backends nobody uses go last.
         acquired.clear();
+
+        // 5. Affinity entries pointing at backends that left, and the old
+        // slots' references (backends nobody uses go last).
         let removed: HashSet<u32> = old_slots
             .iter()
             .filter(|id| !slots.contains(id))
             .copied()
             .collect();
-        if fe.affinity_timeout != 0 && !removed.is_empty() {
-            self.maps.purge_affinity(rev_nat_id, Some(&removed))?;
+        if let Some(old) = &old {
+            if old.affinity_timeout != fe.affinity_timeout {
+                self.purges.all(rev_nat_id);
+            } else if fe.affinity_timeout != 0 && !removed.is_empty() {
+                self.purges.backends(rev_nat_id, &removed);
+            }
         }
-        if old
-            .as_ref()
-            .is_some_and(|p| p.affinity_timeout != fe.affinity_timeout)
-        {
-            self.maps.purge_affinity(rev_nat_id, None)?;
-        }
-        self.release_all(&old_slots)?;
+        self.release_all(&old_slots);
         Ok(wrote)
     }
 
     /// Remove one frontend: master entry first so no new connection picks
-    /// it, then its slots, reverse-NAT entry and unused backends.
+    /// it, then its slots, reverse-NAT entry and unused backends. If the
+    /// master entry cannot be removed, nothing else is touched and the
+    /// frontend stays known, so a later call can try again.
     fn delete(&mut self, master_key: &ServiceKey) -> Result<bool> {
-        let Some(old) = self.frontends.remove(master_key) else {
+        let Some(old) = self.frontends.get(master_key).cloned() else {
             return Ok(false);
         };
         self.maps.delete_service(master_key)?;
-        for slot in 1..=old.slots.len() {
-            let key = ServiceKey {
-                backend_slot: slot as u16,
-                ..*master_key
-            };
-            self.maps.delete_service(&key)?;
-        }
-        self.maps.delete_rev_nat(old.rev_nat_id)?;
-        if old.affinity_timeout != 0 {
-            self.maps.purge_affinity(old.rev_nat_id, None)?;
-        }
-        self.rev_nat_ids.free(old.rev_nat_id as u32);
-        self.release_all(&old.slots)?;
+        self.frontends.remove(master_key);
+        self.take_down(master_key, old.slots.len(), Some(old.rev_nat_id), false);
+        self.release_all(&old.slots);
         Ok(true)
     }
 
-    fn acquire_backend(&mut self, key: BackendKey) -> Result<u32> {
+    /// Best-effort removal of a frontend's entries (its master entry is
+    /// already gone unless `with_master`). Slots left behind by a failure
+    /// are harmless without a master and are swept as orphans on restart.
+    fn take_down(
+        &mut self,
+        master: &ServiceKey,
+        slots: usize,
+        rev_nat: Option<u16>,
+        with_master: bool,
+    ) {
+        if with_master {
+            if let Err(error) = self.maps.delete_service(master) {
+                warn!(frontend = %describe(master), %error, "master entry could not be removed");
+            }
+        }
+        for slot in 1..=slots {
+            if let Err(error) = self.maps.delete_service(&slot_key(master, slot)) {
+                debug!(frontend = %describe(master), slot, %error, "slot could not be removed");
+            }
+        }
+        if let Some(id) = rev_nat {
+            if let Err(error) = self.maps.delete_rev_nat(id) {
+                warn!(frontend = %describe(master), rev_nat_id = id, %error,
+                      "reverse-NAT entry could not be removed");
+            }
+            // Affinity entries of the old frontend must not carry over to
+            // whichever frontend gets this id next.
+            self.purges.all(id);
+            self.rev_nat_ids.free(id as u32);
+        }
+    }
+
+    /// Take a reference on the backend entry for `key`, allocating an id if
+    /// it is new. Returns the id and whether the entry still has to be
+    /// written to the map.
+    fn reserve_backend(&mut self, key: BackendKey) -> Result<(u32, bool)> {
         if let Some(entry) = self.backends.get_mut(&key) {
             entry.refs += 1;
-            return Ok(entry.id);
+            return Ok((entry.id, false));
         }
         let id = self
             .backend_ids
             .allocate()
             .ok_or(Error::IdsExhausted("backend"))?;
-        let backend = Backend {
-            address: key.address,
-            port: key.port,
-            proto: key.proto,
-            flags: key.flags,
-        };
-        if let Err(e) = self.maps.put_backend(id, &backend) {
-            self.backend_ids.free(id);
-            return Err(e);
-        }
         self.backends.insert(key, BackendEntry { id, refs: 1 });
         self.backend_by_id.insert(id, key);
+        Ok((id, true))
+    }
+
+    fn acquire_backend(&mut self, key: BackendKey) -> Result<u32> {
+        let (id, new) = self.reserve_backend(key)?;
+        if new {
+            if let Err(e) = self.maps.put_backend(id, &backend_value(&key)) {
+                self.backends.remove(&key);
+                self.backend_by_id.remove(&id);
+                self.backend_ids.free(id);
+                return Err(e);
+            }
+        }
         Ok(id)
     }
 
-    fn release_all(&mut self, ids: &[u32]) -> Result<()> {
+    /// Drop one reference per id; backends nobody uses are deleted. Keeps
+    /// going past errors: a backend left in the map is only wasted space,
+    /// and the next sync sweeps it.
+    fn release_all(&mut self, ids: &[u32]) {
         for id in ids {
-            self.release_backend(*id)?;
-        }
-        Ok(())
-    }
-
-    fn release_backend(&mut self, id: u32) -> Result<()> {
-        let Some(key) = self.backend_by_id.get(&id).copied() else {
-            return Ok(());
-        };
-        let Some(entry) = self.backends.get_mut(&key) else {
-            return Ok(());
-        };
-        entry.refs = entry.refs.saturating_sub(1);
-        if entry.refs == 0 {
-            self.maps.delete_backend(id)?;
+            let Some(key) = self.backend_by_id.get(id).copied() else {
+                continue;
+            };
+            let Some(entry) = self.backends.get_mut(&key) else {
+                continue;
+            };
+            entry.refs = entry.refs.saturating_sub(1);
+            if entry.refs > 0 {
+                continue;
+            }
+            if let Err(error) = self.maps.delete_backend(*id) {
+                warn!(backend_id = id, %error, "unused backend could not be removed");
+                continue;
+            }
             self.backends.remove(&key);
-            self.backend_by_id.remove(&id);
-            self.backend_ids.free(id);
+            self.backend_by_id.remove(id);
+            self.backend_ids.free(*id);
         }
-        Ok(())
     }
 
+    fn flush_purges(&mut self, stats: &mut Stats) {
+        if self.purges.is_empty() {
+            return;
+        }
+        let purges = std::mem::take(&mut self.purges);
+        if let Err(error) = self.maps.purge_affinity(&purges) {
+            // Stale affinity only costs stickiness accuracy: the datapath
+            // checks that a remembered backend still sits in its slot.
+            stats.failed += 1;
+            warn!(%error, "affinity entries could not be purged");
+        }
+    }
+
+    /// Remove what an earlier run left that belongs to nothing. Runs before
+    /// any write, so keys and ids it frees cannot collide with new ones.
     fn sweep_orphans(&mut self, stats: &mut Stats) {
+        let mut swept = Stats::default();
         for key in std::mem::take(&mut self.orphans.slots) {
-            if let Err(error) = self.maps.delete_service(&key) {
-                stats.failed += 1;
-                warn!(slot = ?key, %error, "stale slot could not be removed");
+            match self.maps.delete_service(&key) {
+                Ok(()) => swept.deleted += 1,
+                Err(error) => {
+                    swept.failed += 1;
+                    warn!(frontend = %describe(&key), slot = key.backend_slot, %error,
+                          "stale slot could not be removed");
+                }
             }
         }
         for id in std::mem::take(&mut self.orphans.rev_nats) {
-            if self.frontends.values().any(|p| p.rev_nat_id == id) {
-                continue;
-            }
-            if let Err(error) = self.maps.delete_rev_nat(id) {
-                stats.failed += 1;
-                warn!(rev_nat_id = id, %error, "stale reverse-NAT entry could not be removed");
-            }
-            self.rev_nat_ids.free(id as u32);
-        }
-        let unused: Vec<u32> = self
-            .backends
-            .values()
-            .filter(|e| e.refs == 0)
-            .map(|e| e.id)
-            .collect();
-        for id in unused {
-            // refs is already 0: release deletes it.
-            if let Some(key) = self.backend_by_id.get(&id).copied() {
-                if let Some(e) = self.backends.get_mut(&key) {
-                    e.refs = 1;
+            match self.maps.delete_rev_nat(id) {
+                Ok(()) => swept.deleted += 1,
+                Err(error) => {
+                    swept.failed += 1;
+                    warn!(rev_nat_id = id, %error, "stale reverse-NAT entry could not be removed");
                 }
             }
-            if let Err(error) = self.release_backend(id) {
-                stats.failed += 1;
-                warn!(backend_id = id, %error, "stale backend could not be removed");
+            self.purges.all(id);
+            self.rev_nat_ids.free(id as u32);
+        }
+        stats.failed += swept.failed;
+        if swept.deleted > 0 {
+            debug!(
+                entries = swept.deleted,
+                "removed orphaned entries from pinned maps"
+            );
+        }
+    }
+
+    /// Recount backend references from the programmed frontends and delete
+    /// backends nobody points at (and orphans found at adoption).
+    fn sweep_unreferenced(&mut self, stats: &mut Stats) {
+        let mut refs: HashMap<u32, u32> = HashMap::new();
+        for p in self.frontends.values() {
+            for id in &p.slots {
+                *refs.entry(*id).or_default() += 1;
             }
+        }
+        let mut unused = std::mem::take(&mut self.orphans.backends);
+        for entry in self.backends.values_mut() {
+            entry.refs = refs.get(&entry.id).copied().unwrap_or(0);
+            if entry.refs == 0 {
+                unused.push(entry.id);
+            }
+        }
+        for id in unused {
+            if let Err(error) = self.maps.delete_backend(id) {
+                stats.failed += 1;
+                warn!(backend_id = id, %error, "unused backend could not be removed");
+                continue;
+            }
+            if let Some(key) = self.backend_by_id.remove(&id) {
+                self.backends.remove(&key);
+            }
+            self.backend_ids.free(id);
         }
     }
 
@@ -600,12 +841,4 @@ impl<M: LbMaps> Writer<M> {
     pub fn maps_mut_for_test(&mut self) -> &mut M {
         &mut self.maps
     }
-}
-
-/// Frontend address for display.
-pub fn frontend_addr(key: &ServiceKey) -> (Ipv4Addr, u16) {
-    (
-        Ipv4Addr::from(u32::from_be(key.address)),
-        u16::from_be(key.port),
-    )
 }
