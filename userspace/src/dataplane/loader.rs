@@ -9,6 +9,7 @@
 //!   detaches it (that is all `gangplank uninstall` has to do).
 
 use std::fs::{self, File};
+use std::mem::size_of;
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
@@ -117,47 +118,24 @@ impl Datapath {
     }
 }
 
-/// Expected key size, value size and capacity of every map we pin.
-fn expected_layouts() -> [(&'static str, usize, usize, u32); 6] {
+/// (name, key size, value size, capacity) of a map as this build defines it.
+type Layout = (&'static str, usize, usize, u32);
+
+fn layout<K, V>(name: &'static str, max_entries: u32) -> Layout {
+    (name, size_of::<K>(), size_of::<V>(), max_entries)
+}
+
+/// Every map we pin, as this build expects it.
+fn expected_layouts() -> [Layout; 6] {
+    use super::maps::*;
     use gangplank_common::*;
-    use std::mem::size_of;
     [
-        (
-            super::maps::SERVICES,
-            size_of::<ServiceKey>(),
-            size_of::<ServiceValue>(),
-            SERVICES_MAP_SIZE,
-        ),
-        (
-            super::maps::BACKENDS,
-            size_of::<u32>(),
-            size_of::<Backend>(),
-            BACKENDS_MAP_SIZE,
-        ),
-        (
-            super::maps::REV_NAT,
-            size_of::<u16>(),
-            size_of::<RevNat>(),
-            REV_NAT_MAP_SIZE,
-        ),
-        (
-            super::maps::SOCK_REVNAT,
-            size_of::<SockRevNatKey>(),
-            size_of::<SockRevNat>(),
-            SOCK_REV_NAT_MAP_SIZE,
-        ),
-        (
-            super::maps::AFFINITY,
-            size_of::<AffinityKey>(),
-            size_of::<Affinity>(),
-            AFFINITY_MAP_SIZE,
-        ),
-        (
-            super::maps::SVC_NAMES,
-            size_of::<u16>(),
-            size_of::<ServiceName>(),
-            SERVICE_NAMES_MAP_SIZE,
-        ),
+        layout::<ServiceKey, ServiceValue>(SERVICES, SERVICES_MAP_SIZE),
+        layout::<u32, Backend>(BACKENDS, BACKENDS_MAP_SIZE),
+        layout::<u16, RevNat>(REV_NAT, REV_NAT_MAP_SIZE),
+        layout::<SockRevNatKey, SockRevNat>(SOCK_REVNAT, SOCK_REV_NAT_MAP_SIZE),
+        layout::<AffinityKey, Affinity>(AFFINITY, AFFINITY_MAP_SIZE),
+        layout::<u16, ServiceName>(SVC_NAMES, SERVICE_NAMES_MAP_SIZE),
     ]
 }
 
