@@ -74,10 +74,16 @@ enum Output {
     Json,
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
+/// The node name when neither --node-name nor NODE_NAME is given: the
+/// hostname, as the kubelet defaults it.
+fn hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the hostname for the default --node-name")?;
+    let name = name.trim();
+    if name.is_empty() {
+        anyhow::bail!("the hostname is empty: pass --node-name (or set NODE_NAME)");
+    }
+    Ok(name.to_string())
 }
 
 fn main() -> Result<()> {
@@ -98,7 +104,10 @@ fn main() -> Result<()> {
             };
             let config = agent::Config {
                 manifests: args.manifests,
-                node_name: args.node_name.unwrap_or_else(hostname),
+                node_name: match args.node_name {
+                    Some(n) => n,
+                    None => hostname()?,
+                },
                 cgroup,
                 bpffs: args.bpffs,
             };

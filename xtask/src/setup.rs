@@ -9,6 +9,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::{root_dir, run};
 
+/// The bpf-linker release the eBPF build is known to work with (it must
+/// support the nightly toolchain's LLVM major).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
 /// Commands the tests and the demo need, and the Debian package of each.
 const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
 
@@ -130,7 +134,14 @@ fn install_bpf_linker() -> Result<()> {
         "xtask: building bpf-linker against the nightly toolchain's LLVM {major} (about a minute)"
     );
     run(Command::new("cargo")
-        .args(["+nightly", "install", "bpf-linker", "--locked", "--root"])
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args(["--locked", "--root"])
         .arg(&tools)
         .args([
             "--no-default-features",
