@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use gangplank_tests::{probe_cmd, sweep_stale, Cluster, ProbeResult};
+use gangplank_tests::{probe_cmd, sweep_stale, target_binary, Cluster, ProbeResult};
 
 const NODES: &[(&str, &[&str])] = &[("node-a", &["pod-a1", "pod-a2"]), ("node-b", &["pod-b1"])];
 
@@ -619,41 +619,11 @@ fn sweep_removes_stale_leftovers_only() {
     assert_all_ok(&r, 1);
 }
 
-/// Set in the environment of the helper process of `crashed_test_process_is_swept`.
-const CRASH_HELPER_ENV: &str = "GP_HARNESS_CRASH_HELPER";
-
-/// Not a test on its own: run by `crashed_test_process_is_swept` in a child
-/// test process, which is then SIGKILLed (no unwinding, no Drop).
-#[test]
-#[ignore = "helper, run by crashed_test_process_is_swept"]
-fn crash_helper() {
-    if std::env::var_os(CRASH_HELPER_ENV).is_none() {
-        return;
-    }
-    let c = cluster("crash");
-    let server = c.serve("pod-a1", &[80], &[]).expect("serve");
-    println!(
-        "CLUSTER {} {} {}",
-        c.id(),
-        server.pid(),
-        c.bpffs().display()
-    );
-    std::thread::sleep(Duration::from_secs(60));
-}
-
 #[test]
 fn crashed_test_process_is_swept() {
     use std::io::{BufRead, BufReader};
     let _serial = SWEEP_TESTS.lock().unwrap_or_else(|e| e.into_inner());
-    let mut helper = Command::new(std::env::current_exe().expect("current exe"))
-        .args([
-            "--ignored",
-            "--exact",
-            "crash_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CRASH_HELPER_ENV, "1")
+    let mut helper = Command::new(target_binary("gp-crash-helper").expect("gp-crash-helper"))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("starting helper");
@@ -661,7 +631,6 @@ fn crashed_test_process_is_swept() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            // libtest prints "test crash_helper ... " on the same line.
             if let Some(i) = line.find("CLUSTER ") {
                 let _ = tx.send(line[i..].to_string());
             }
