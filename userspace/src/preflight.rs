@@ -2,7 +2,7 @@
 //! message that says what is missing and how to fix it.
 
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 /// `statfs` magic numbers (linux/magic.h).
@@ -103,8 +103,32 @@ fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
         // Fields: id parent major:minor root mountpoint opts... - fstype ...
         let (left, right) = line.split_once(" - ")?;
         let fstype = right.split_whitespace().next()?;
-        (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(unescape_mount_path))?
     })
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal
+/// escapes (`\040`...), see proc(5).
+fn unescape_mount_path(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 #[cfg(test)]
@@ -123,6 +147,11 @@ mod tests {
         assert_eq!(
             parse_cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
             None
+        );
+        let escaped = "26 25 0:23 / /run/my\\040cgroups rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(escaped),
+            Some(PathBuf::from("/run/my cgroups"))
         );
     }
 
