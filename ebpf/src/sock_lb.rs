@@ -149,7 +149,20 @@ fn try_forward(ctx: &SockAddrContext) -> Result<(), Skip> {
     let backend = match sticky_backend(ctx, &key, svc) {
         Some(backend) => backend,
         None => {
-            let (slot, backend_id, backend) = pick_backend(&key, svc)?;
+            let (slot, backend_id, backend) = match pick_backend(&key, svc) {
+                Ok(found) => found,
+                // The writer shrank the service after we copied its master
+                // entry: it writes the new master before deleting slots or
+                // backends, so one fresh read finds a consistent view.
+                Err(_) => {
+                    // SAFETY: see above.
+                    let fresh = *unsafe { GP_SERVICES.get(&key) }.ok_or(Skip::NotAService)?;
+                    if fresh.count == 0 {
+                        return Err(Skip::NoBackend);
+                    }
+                    pick_backend(&key, &fresh)?
+                }
+            };
             remember_affinity(ctx, svc, backend_id, slot);
             backend
         }

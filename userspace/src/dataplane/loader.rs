@@ -223,7 +223,12 @@ fn attach_replacing(
     // Unique per agent process, so a staging pin left by an agent that died
     // mid-handover (possibly the only attached link) is never removed
     // before ours is in place. bpffs refuses names with a dot (EPERM).
-    let staging = links_dir.join(format!("{name}_new{}", std::process::id()));
+    // The pid alone can repeat (containers restart as pid 1): add the time.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let staging = links_dir.join(format!("{name}_new{}_{nanos}", std::process::id()));
     let pinned = fd_link
         .pin(&staging)
         .map_err(boxed)

@@ -432,3 +432,32 @@ fn failed_frontends_are_remembered_for_retry() {
     assert_eq!(w.failed().count(), 0);
     assert_eq!(resolved(&w, &k).len(), 1);
 }
+
+#[test]
+fn a_crash_between_slot_and_master_writes_does_not_skew_refcounts() {
+    // Shrinking [A, B] to [B] writes slot 1 = B before the master: killed
+    // in between, the pins hold count 2 with slots [B, B].
+    let k = key([198, 18, 200, 10], 80, Protocol::Tcp);
+    let mut first = writer();
+    first.sync([&frontend(k, &[(10, 80), (11, 80)])]);
+    let mut pinned = first.maps().state.clone();
+    let slot2 = pinned.services[&service_key(&k, 2)];
+    pinned.services.insert(service_key(&k, 1), slot2);
+
+    let mut second = Writer::new(FakeMaps {
+        state: pinned,
+        ..Default::default()
+    })
+    .expect("snapshot");
+    second.sync([&frontend(k, &[(11, 80)])]);
+    // Grow twice: with a skewed count the shared backend would be deleted
+    // while its slot still points at it.
+    for set in [
+        &[(11, 80), (12, 80)][..],
+        &[(11, 80), (12, 80), (13, 80)][..],
+    ] {
+        second.apply(&BTreeMap::from([(k, Some(frontend(k, set)))]));
+        assert_eq!(resolved(&second, &k).len(), set.len(), "{set:?}");
+        assert_consistent(&second);
+    }
+}

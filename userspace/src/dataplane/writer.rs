@@ -7,8 +7,10 @@
 //! 4. slots beyond the new count,
 //! 5. backends nobody points at any more.
 //!
-//! A connect() racing with an update therefore sees either the old or the new
-//! master entry, and every slot below either count holds a live backend.
+//! A connect() racing with an update sees either the old or the new master
+//! entry. If it copied the old one and the slot it picks was just deleted
+//! (step 4), it reads the master again and finds the new one, which step 3
+//! wrote before anything was deleted.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -209,9 +211,12 @@ fn unique_backends(fe: &Frontend, proto: u8) -> Vec<BackendKey> {
 /// endpoint change costs one or two writes instead of rewriting the table.
 fn assign_slots(old: &[u32], desired: &[u32]) -> Vec<u32> {
     let wanted: HashSet<u32> = desired.iter().copied().collect();
+    // A repeated id in the old slots (pinned by an agent killed between a
+    // slot write and the master write) keeps only its first slot.
+    let mut seen = HashSet::new();
     let mut slots: Vec<Option<u32>> = old
         .iter()
-        .map(|id| wanted.contains(id).then_some(*id))
+        .map(|id| (wanted.contains(id) && seen.insert(*id)).then_some(*id))
         .collect();
     let kept: HashSet<u32> = slots.iter().flatten().copied().collect();
     let mut additions = desired.iter().copied().filter(|id| !kept.contains(id));
@@ -277,10 +282,18 @@ impl<M: LbMaps> Writer<M> {
             if key.backend_slot != 0 {
                 continue;
             }
+            let mut seen = HashSet::new();
             let slots: Vec<u32> = (1..=value.count as usize)
                 .map(|slot| match snap.services.get(&slot_key(key, slot)) {
-                    Some(v) if self.backend_by_id.contains_key(&v.backend_id) => v.backend_id,
-                    // A hole in a pinned service: the next sync rewrites it.
+                    Some(v)
+                        if self.backend_by_id.contains_key(&v.backend_id)
+                            && seen.insert(v.backend_id) =>
+                    {
+                        v.backend_id
+                    }
+                    // A hole (or a second slot for the same backend, left
+                    // by a crash mid-update): the next sync rewrites it,
+                    // and only one reference is counted per backend.
                     _ => 0,
                 })
                 .collect();
@@ -369,6 +382,8 @@ impl<M: LbMaps> Writer<M> {
                 .entry(service_key(&fe.key, 0))
                 .or_insert_with(|| fe.clone());
         }
+        self.failed
+            .retain(|key| wanted.contains_key(&service_key(key, 0)));
         let stale: Vec<ServiceKey> = self
             .frontends
             .keys()
@@ -485,7 +500,12 @@ impl<M: LbMaps> Writer<M> {
             self.maps.put_services(&masters)
         });
         match written {
-            Ok(()) => stats.upserted += planned.len(),
+            Ok(()) => {
+                stats.upserted += planned.len();
+                for fe in fresh {
+                    self.failed.remove(&fe.key);
+                }
+            }
             Err(error) => {
                 warn!(%error, frontends = fresh.len(),
                       "batch write failed; programming frontends one at a time");
@@ -535,12 +555,6 @@ impl<M: LbMaps> Writer<M> {
     /// than left half-written.
     fn upsert(&mut self, fe: &Frontend) -> Result<bool> {
         let master_key = service_key(&fe.key, 0);
-        if fe.backends.len() > u16::MAX as usize {
-            return Err(Error::TooManyBackends {
-                frontend: fe.key.to_string(),
-                count: fe.backends.len(),
-            });
-        }
         let mut acquired = Vec::with_capacity(fe.backends.len());
         let mut new_rev_nat = None;
         let result = self.write_frontend(fe, &master_key, &mut acquired, &mut new_rev_nat);
@@ -570,8 +584,15 @@ impl<M: LbMaps> Writer<M> {
         let master_key = *master_key;
         let name = service_name(fe);
 
+        let keys = unique_backends(fe, master_key.proto);
+        if keys.len() > u16::MAX as usize {
+            return Err(Error::TooManyBackends {
+                frontend: fe.key.to_string(),
+                count: keys.len(),
+            });
+        }
         // 1. Backends first: every id a slot will name must exist.
-        for key in unique_backends(fe, master_key.proto) {
+        for key in keys {
             acquired.push(self.acquire_backend(key)?);
         }
 
@@ -812,7 +833,14 @@ impl<M: LbMaps> Writer<M> {
                 *refs.entry(*id).or_default() += 1;
             }
         }
-        let mut unused = std::mem::take(&mut self.orphans.backends);
+        // Slots recorded as holes may still name an orphan backend in the
+        // map; keep orphans until every hole has been rewritten.
+        let holes = self.frontends.values().any(|p| p.slots.contains(&0));
+        let mut unused = if holes {
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.orphans.backends)
+        };
         for entry in self.backends.values_mut() {
             entry.refs = refs.get(&entry.id).copied().unwrap_or(0);
             if entry.refs == 0 {
