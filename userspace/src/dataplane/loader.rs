@@ -164,19 +164,24 @@ fn check_layouts(ebpf: &Ebpf) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    let program: &mut CgroupSockAddr = ebpf
-        .program_mut(name)
+fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
         .ok_or_else(|| Error::Load {
             context: format!("program {name}"),
             source: "missing from the eBPF object".into(),
         })?
         .try_into()
         .map_err(boxed)
-        .map_err(load_err(format!("program {name}")))?;
-    program.load().map_err(boxed).map_err(load_err(format!(
-        "loading {name} (needs Linux 5.18+ with CONFIG_CGROUP_BPF and BTF)"
-    )))
+        .map_err(load_err(format!("program {name}")))
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    socket_program(ebpf, name)?
+        .load()
+        .map_err(boxed)
+        .map_err(load_err(format!(
+            "loading {name} (needs Linux 5.18+ with CONFIG_CGROUP_BPF and BTF)"
+        )))
 }
 
 /// Attach program `name` and swap it in for the pinned link of a previous
@@ -190,15 +195,7 @@ fn attach_replacing(
     cgroup: &Path,
     links_dir: &Path,
 ) -> Result<()> {
-    let program: &mut CgroupSockAddr = ebpf
-        .program_mut(name)
-        .ok_or_else(|| Error::Load {
-            context: format!("program {name}"),
-            source: "missing from the eBPF object".into(),
-        })?
-        .try_into()
-        .map_err(boxed)
-        .map_err(load_err(format!("program {name}")))?;
+    let program = socket_program(ebpf, name)?;
     // bpf_link_create takes no attach flags for cgroups (EINVAL otherwise):
     // a cgroup link always behaves like BPF_F_ALLOW_MULTI, so other cgroup
     // programs (systemd, another CNI) keep working and the previous agent's
