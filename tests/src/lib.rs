@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod agent;
+pub mod bpf;
 pub mod cluster;
 pub mod manifests;
 pub mod probe;

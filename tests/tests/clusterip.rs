@@ -633,3 +633,42 @@ fn uninstall_with_cgroup_finds_links_whose_pins_are_elsewhere() {
     let r = tcp(&c, "client-a", VIP, 80, 1);
     assert!(!r[0].ok, "the VIP is no longer translated: {:?}", r[0]);
 }
+
+#[test]
+fn pinned_maps_of_another_layout_are_refused_with_a_clear_message() {
+    let c = cluster("layout");
+    write_web(&c, &[]);
+    let node = c.node("node-a");
+    let maps = node.bpffs.join("maps");
+    std::fs::create_dir_all(&maps).expect("maps dir");
+    // As an older gangplank with a different key layout might have left it.
+    gangplank_tests::bpf::pin_hash_map(&maps.join("GP_SERVICES"), 8, 16, 1024)
+        .expect("planting a map");
+
+    let mut cmd = gangplank_tests::agent::gangplank_cmd().expect("gangplank");
+    cmd.arg("agent")
+        .arg("--manifests")
+        .arg(c.manifests_dir())
+        .args(["--node-name", "node-a", "--cgroup"])
+        .arg(&node.cgroup)
+        .arg("--bpffs")
+        .arg(&node.bpffs);
+    let out = c
+        .spawn_agent_process("node-a", cmd)
+        .expect("spawn")
+        .wait_with_output(Duration::from_secs(20))
+        .expect("agent exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent must refuse: {stderr}");
+    assert!(
+        stderr.contains("pinned map GP_SERVICES") && stderr.contains("gangplank uninstall"),
+        "the error names the map and the way out: {stderr}"
+    );
+    // Nothing was attached: the VIP is not translated.
+    let r = tcp(&c, "client-a", VIP, 80, 1);
+    assert!(
+        r[0].errno != Some(libc::ECONNREFUSED),
+        "no program attached: {:?}",
+        r[0]
+    );
+}
