@@ -6,11 +6,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use gangplank::{agent, dataplane, inspect, preflight};
 
-/// mimalloc: start-up parses tens of MB of YAML on every core, and glibc's
-/// malloc took ~15% of that CPU time (and kept freed arenas resident).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "gangplank",

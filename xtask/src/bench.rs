@@ -137,7 +137,7 @@ pub fn run(opts: Options) -> Result<()> {
     let install = field(&line, "install_ms").unwrap_or(0);
     let scan = field(&line, "scan_ms").unwrap_or(0);
     println!(
-        "    load+attach+adopt pins {install} ms, scan+parse+model {} ms, map writes {} ms",
+        "    load+attach+adopt pins {install} ms, scan+parse+model with map writes overlapped {} ms, final reconcile+attach {} ms",
         scan.saturating_sub(install),
         field(&line, "elapsed_ms").unwrap_or(0).saturating_sub(scan)
     );

@@ -461,3 +461,51 @@ fn a_crash_between_slot_and_master_writes_does_not_skew_refcounts() {
         assert_consistent(&second);
     }
 }
+
+#[test]
+fn start_up_prefill_deletes_nothing_pinned_until_the_scan_is_complete() {
+    let a = key([198, 18, 200, 10], 80, Protocol::Tcp);
+    let b = key([198, 18, 200, 11], 80, Protocol::Tcp);
+    let gone = key([198, 18, 200, 12], 80, Protocol::Tcp);
+    let mut first = writer();
+    first.sync([
+        &frontend(a, &[(10, 80)]),
+        &frontend(b, &[(11, 80)]),
+        &frontend(gone, &[(12, 80)]),
+    ]);
+    let mut w = Writer::new(FakeMaps {
+        state: first.maps().state.clone(),
+        ..Default::default()
+    })
+    .expect("snapshot");
+
+    // Batch 1 changes a; b and gone are not in it (b comes later).
+    let batch1 = BTreeMap::from([(a, Some(frontend(a, &[(10, 80), (13, 80)])))]);
+    w.prefill(&batch1);
+    assert_eq!(resolved(&w, &a).len(), 2);
+    assert_eq!(resolved(&w, &b).len(), 1, "b is still served mid-scan");
+    assert_eq!(
+        resolved(&w, &gone).len(),
+        1,
+        "nothing pinned is deleted mid-scan"
+    );
+    // Batch 2: b, and a new frontend written in one batch.
+    let fresh = key([198, 18, 200, 20], 80, Protocol::Tcp);
+    let batch2 = BTreeMap::from([
+        (b, Some(frontend(b, &[(11, 80)]))),
+        (fresh, Some(frontend(fresh, &[(20, 80)]))),
+    ]);
+    w.prefill(&batch2);
+    assert_consistent(&w);
+
+    let desired = [a, b, fresh].into_iter().collect();
+    let stats = w.finish_sync(&desired);
+    assert_eq!(stats.deleted, 1);
+    assert!(
+        resolved(&w, &gone).is_empty(),
+        "stale pinned frontend removed at the end"
+    );
+    assert_eq!(resolved(&w, &fresh).len(), 1);
+    assert_eq!(w.maps().state.backends.len(), 4, "198.19.1.12 went with it");
+    assert_consistent(&w);
+}

@@ -88,6 +88,14 @@ pub struct Stats {
     pub failed: usize,
 }
 
+impl Stats {
+    pub fn add(&mut self, other: Stats) {
+        self.upserted += other.upserted;
+        self.deleted += other.deleted;
+        self.failed += other.failed;
+    }
+}
+
 fn proto_number(p: Protocol) -> u8 {
     match p {
         Protocol::Tcp => PROTO_TCP,
@@ -404,6 +412,55 @@ impl<M: LbMaps> Writer<M> {
         self.bulk_insert(&fresh, &mut stats);
         // Pinned state's reference counts were rebuilt from slots that may
         // have had holes; recount once so nothing unused stays behind.
+        self.sweep_unreferenced(&mut stats);
+        self.flush_purges(&mut stats);
+        stats
+    }
+
+    /// Start-up, while the directory is still being read: program one
+    /// batch's frontends as soon as it is parsed, so that map writes overlap
+    /// with parsing instead of following it. Nothing is deleted here (`None`
+    /// is skipped): until the whole directory is known, a frontend missing
+    /// from a batch may still come in a later one. [`Writer::finish_sync`]
+    /// removes what is not wanted. Safe to run while a previous agent's
+    /// programs still serve from these maps: every frontend is written in
+    /// the usual order.
+    pub fn prefill<'a>(
+        &mut self,
+        changes: impl IntoIterator<Item = (&'a FrontendKey, &'a Option<Frontend>)>,
+    ) -> Stats {
+        let mut stats = Stats::default();
+        // Orphans first, before any write reuses their keys (no-op after
+        // the first call).
+        self.sweep_orphans(&mut stats);
+        let mut fresh = Vec::new();
+        for fe in changes.into_iter().filter_map(|(_, fe)| fe.as_ref()) {
+            if self.frontends.contains_key(&service_key(&fe.key, 0)) {
+                self.upsert_logged(fe, &mut stats);
+            } else {
+                fresh.push(fe.clone());
+            }
+        }
+        self.bulk_insert(&fresh, &mut stats);
+        stats
+    }
+
+    /// End of start-up: remove every frontend not in `desired` (pinned by
+    /// an earlier run, or dropped during the scan), then backends nobody
+    /// uses.
+    pub fn finish_sync(&mut self, desired: &HashSet<FrontendKey>) -> Stats {
+        let mut stats = Stats::default();
+        let wanted: HashSet<ServiceKey> = desired.iter().map(|k| service_key(k, 0)).collect();
+        self.failed.retain(|key| desired.contains(key));
+        let stale: Vec<ServiceKey> = self
+            .frontends
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        for key in stale {
+            self.delete_logged(&key, &mut stats);
+        }
         self.sweep_unreferenced(&mut stats);
         self.flush_purges(&mut stats);
         stats
