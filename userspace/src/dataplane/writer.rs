@@ -382,7 +382,6 @@ impl<M: LbMaps> Writer<M> {
     pub fn sync<F: Borrow<Frontend>>(&mut self, desired: impl IntoIterator<Item = F>) -> Stats {
         let mut stats = Stats::default();
         self.sweep_orphans(&mut stats);
-
         let mut wanted = HashMap::new();
         for fe in desired {
             let fe = fe.borrow();
@@ -390,26 +389,9 @@ impl<M: LbMaps> Writer<M> {
                 .entry(service_key(&fe.key, 0))
                 .or_insert_with(|| fe.clone());
         }
-        self.failed
-            .retain(|key| wanted.contains_key(&service_key(key, 0)));
-        let stale: Vec<ServiceKey> = self
-            .frontends
-            .keys()
-            .filter(|k| !wanted.contains_key(k))
-            .copied()
-            .collect();
-        for key in stale {
-            self.delete_logged(&key, &mut stats);
-        }
-        let mut fresh = Vec::new();
-        for (key, fe) in wanted {
-            if self.frontends.contains_key(&key) {
-                self.upsert_logged(&fe, &mut stats);
-            } else {
-                fresh.push(fe);
-            }
-        }
-        self.bulk_insert(&fresh, &mut stats);
+        let keys: HashSet<FrontendKey> = wanted.values().map(|fe| fe.key).collect();
+        self.remove_unwanted(&keys, &mut stats);
+        self.program(wanted.values(), &mut stats);
         // Pinned state's reference counts were rebuilt from slots that may
         // have had holes; recount once so nothing unused stays behind.
         self.sweep_unreferenced(&mut stats);
@@ -433,15 +415,10 @@ impl<M: LbMaps> Writer<M> {
         // Orphans first, before any write reuses their keys (no-op after
         // the first call).
         self.sweep_orphans(&mut stats);
-        let mut fresh = Vec::new();
-        for fe in changes.into_iter().filter_map(|(_, fe)| fe.as_ref()) {
-            if self.frontends.contains_key(&service_key(&fe.key, 0)) {
-                self.upsert_logged(fe, &mut stats);
-            } else {
-                fresh.push(fe.clone());
-            }
-        }
-        self.bulk_insert(&fresh, &mut stats);
+        self.program(
+            changes.into_iter().filter_map(|(_, fe)| fe.as_ref()),
+            &mut stats,
+        );
         stats
     }
 
@@ -450,6 +427,32 @@ impl<M: LbMaps> Writer<M> {
     /// uses.
     pub fn finish_sync(&mut self, desired: &HashSet<FrontendKey>) -> Stats {
         let mut stats = Stats::default();
+        self.remove_unwanted(desired, &mut stats);
+        self.sweep_unreferenced(&mut stats);
+        self.flush_purges(&mut stats);
+        stats
+    }
+
+    /// Update programmed frontends one by one; write new ones in batches.
+    fn program<'a>(
+        &mut self,
+        frontends: impl IntoIterator<Item = &'a Frontend>,
+        stats: &mut Stats,
+    ) {
+        let mut fresh = Vec::new();
+        for fe in frontends {
+            if self.frontends.contains_key(&service_key(&fe.key, 0)) {
+                self.upsert_logged(fe, stats);
+            } else {
+                fresh.push(fe.clone());
+            }
+        }
+        self.bulk_insert(&fresh, stats);
+    }
+
+    /// Delete every programmed frontend not in `desired`, and forget
+    /// failures of frontends no longer wanted.
+    fn remove_unwanted(&mut self, desired: &HashSet<FrontendKey>, stats: &mut Stats) {
         let wanted: HashSet<ServiceKey> = desired.iter().map(|k| service_key(k, 0)).collect();
         self.failed.retain(|key| desired.contains(key));
         let stale: Vec<ServiceKey> = self
@@ -459,11 +462,8 @@ impl<M: LbMaps> Writer<M> {
             .copied()
             .collect();
         for key in stale {
-            self.delete_logged(&key, &mut stats);
+            self.delete_logged(&key, stats);
         }
-        self.sweep_unreferenced(&mut stats);
-        self.flush_purges(&mut stats);
-        stats
     }
 
     /// Apply a set of per-frontend changes (`None` deletes). Deletions go
