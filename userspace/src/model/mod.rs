@@ -27,4 +27,6 @@ pub use service::{
 };
 pub use slice::{slice_from_k8s, SliceEndpoint, SliceInfo, SlicePort, LABEL_SERVICE_NAME};
 pub use store::{Changes, ServiceStore};
-pub use types::{BackendAddr, Frontend, FrontendKey, FrontendKind, Protocol, ServiceId};
+pub use types::{
+    BackendAddr, Frontend, FrontendKey, FrontendKind, HealthCheck, Protocol, ServiceId,
+};

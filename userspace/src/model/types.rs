@@ -140,6 +140,22 @@ pub struct Frontend {
     pub affinity_timeout: u32,
 }
 
+/// What a Service's `healthCheckNodePort` answers on this node
+/// (`type: LoadBalancer` with `externalTrafficPolicy: Local`), as kube-proxy
+/// serves it: 200 when `local_endpoints > 0`, 503 otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HealthCheck {
+    /// The Service.
+    pub service: ServiceId,
+    /// `spec.healthCheckNodePort`.
+    pub node_port: u16,
+    /// Ready (not terminating) endpoints of the Service on this node. Zero
+    /// when only terminating endpoints are left, so load balancers steer away
+    /// (upstream e2e: "should fail health check node port if there are only
+    /// terminating endpoints").
+    pub local_endpoints: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
