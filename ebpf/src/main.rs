@@ -6,11 +6,24 @@
 //! rewrite the source seen by `recvmsg()`/`getpeername()` back to the
 //! frontend so applications see the address they dialled.
 //!
+//! Per-packet load balancing (north-south): tc programs on the node's
+//! devices, with an XDP fast path, serve NodePort, LoadBalancer and
+//! external-IP frontends with conntrack, SNAT or DSR (see `nodeport`).
+//!
 //! Map layout and update order are described in `gangplank-common`.
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod headers;
+mod maps;
+mod nat;
+mod nodeport;
+mod packet;
+mod select;
 mod sock_lb;
+mod tc;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -5,57 +5,23 @@
 //! `recvmsg()`/`getpeername()`.
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_F_NO_PREALLOC},
+    bindings::bpf_sock_addr,
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_set_retval,
     },
-    macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap},
+    macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
 };
 use gangplank_common::{
-    Affinity, AffinityKey, Backend, RevNat, ServiceKey, ServiceName, ServiceValue, SockRevNat,
-    SockRevNatKey, AFFINITY_MAP_SIZE, BACKENDS_MAP_SIZE, ECONNREFUSED, PROTO_TCP, PROTO_UDP,
-    REV_NAT_MAP_SIZE, SERVICES_MAP_SIZE, SERVICE_NAMES_MAP_SIZE, SOCK_REV_NAT_MAP_SIZE,
+    Affinity, AffinityKey, Backend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
+    ECONNREFUSED, NODEPORT_ADDRESS, PROTO_TCP, PROTO_UDP,
 };
 
-// The maps the agent updates while programs read them are not
-// preallocated: a preallocated hash map recycles a replaced element at
-// once, so a reader could see another key's value; without preallocation
-// elements are freed after an RCU grace period and a reader always sees a
-// whole old or a whole new value.
-
-/// Frontends and their backend slots, see [`ServiceKey`].
-#[map]
-static GP_SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(SERVICES_MAP_SIZE, BPF_F_NO_PREALLOC);
-
-/// Backends by id.
-#[map]
-static GP_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAP_SIZE, BPF_F_NO_PREALLOC);
-
-/// Frontend address by reverse-NAT id.
-#[map]
-static GP_REV_NAT: HashMap<u16, RevNat> = HashMap::pinned(REV_NAT_MAP_SIZE, BPF_F_NO_PREALLOC);
-
-/// Which backend each socket was sent to, to undo the translation on the
-/// way back. LRU: entries of closed sockets age out by themselves.
-#[map]
-static GP_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNat> =
-    LruHashMap::pinned(SOCK_REV_NAT_MAP_SIZE, 0);
-
-/// `sessionAffinity: ClientIP` state.
-#[map]
-static GP_AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(AFFINITY_MAP_SIZE, 0);
-
-/// Human-readable frontend names for `gangplank service list`. Never read by
-/// the datapath: it lives here so that it is created and pinned with the
-/// other maps.
-#[map]
-static GP_SVC_NAMES: HashMap<u16, ServiceName> =
-    HashMap::pinned(SERVICE_NAMES_MAP_SIZE, BPF_F_NO_PREALLOC);
+use crate::maps::{
+    GP_AFFINITY, GP_BACKENDS, GP_NODE_ADDRS, GP_REV_NAT, GP_SERVICES, GP_SOCK_REVNAT,
+};
 
 /// cgroup sock_addr verdicts.
 const SOCK_PASS: i32 = 1;
@@ -135,7 +101,7 @@ fn try_forward(ctx: &SockAddrContext) -> Result<(), Skip> {
     // user_port holds the port in network byte order in its low 16 bits.
     let port = sa.user_port as u16;
 
-    let key = ServiceKey::new(address, port, proto, 0);
+    let key = frontend_key(address, port, proto).ok_or(Skip::NotAService)?;
     // SAFETY: values are plain integers and the map is not preallocated,
     // so the element stays whole (old or new, never recycled) while we read.
     // Copy the entry: every later decision then uses one consistent view,
@@ -174,6 +140,20 @@ fn try_forward(ctx: &SockAddrContext) -> Result<(), Skip> {
     sa.user_ip4 = backend.address;
     sa.user_port = backend.port as u32;
     Ok(())
+}
+
+/// The internal-scope master key for a dialled address: the frontend
+/// itself, or the NodePort entry when the address is one of the node's.
+#[inline(always)]
+fn frontend_key(address: u32, port: u16, proto: u8) -> Option<ServiceKey> {
+    let key = ServiceKey::new(address, port, proto, 0);
+    // SAFETY: read-only lookups of plain integers.
+    if unsafe { GP_SERVICES.get(&key) }.is_some() {
+        return Some(key);
+    }
+    // SAFETY: as above.
+    unsafe { GP_NODE_ADDRS.get(&address) }?;
+    Some(ServiceKey::new(NODEPORT_ADDRESS, port, proto, 0))
 }
 
 /// Uniform random choice among the service's backend slots.
@@ -313,7 +293,9 @@ fn reverse(ctx: &SockAddrContext) {
     let Some(rev) = (unsafe { GP_REV_NAT.get(&entry.rev_nat_id) }) else {
         return;
     };
-    if rev.address != entry.address || rev.port != entry.port {
+    // NodePort frontends are stored with address 0 and answer on any node
+    // address: the entry holds the address actually dialled.
+    if (rev.address != entry.address && rev.address != NODEPORT_ADDRESS) || rev.port != entry.port {
         return;
     }
     sa.user_ip4 = entry.address;

@@ -1,0 +1,98 @@
+//! Connection tracking for the tc/XDP load balancer: one entry per
+//! direction of a translated flow, in an LRU map; lifetimes follow TCP
+//! state (SYN, established, closing) or an idle timeout for UDP.
+
+use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use gangplank_common::{
+    CtEntry, CtKey, CT_FLAG_CLOSING, CT_FLAG_SEEN_REPLY, CT_TIMEOUT_OTHER, CT_TIMEOUT_TCP_CLOSING,
+    CT_TIMEOUT_TCP_ESTABLISHED, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::headers::{TCP_FIN, TCP_RST};
+use crate::maps::GP_CT;
+
+/// `BPF_NOEXIST`: create only.
+pub const BPF_NOEXIST: u64 = 1;
+
+/// Seconds on the clock the agent's garbage collector uses as well
+/// (CLOCK_MONOTONIC).
+#[inline(always)]
+pub fn now_secs() -> u32 {
+    // SAFETY: plain helper call.
+    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+}
+
+#[inline(always)]
+pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -> CtKey {
+    CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        dir,
+        _pad: 0,
+    }
+}
+
+/// A live entry for `key`: expired entries are treated as absent (the
+/// garbage collector may not have reached them yet).
+#[inline(always)]
+pub fn lookup(key: &CtKey, now: u32) -> Option<*mut CtEntry> {
+    let entry = GP_CT.get_ptr_mut(key)?;
+    // SAFETY: pointer from a successful lookup, valid for this program run.
+    if unsafe { (*entry).expires } < now {
+        return None;
+    }
+    Some(entry)
+}
+
+/// How long an entry lives after a packet with `tcp_flags` and entry
+/// `flags`.
+#[inline(always)]
+pub fn lifetime(proto: u8, flags: u16) -> u32 {
+    match proto {
+        PROTO_TCP if flags & CT_FLAG_CLOSING != 0 => CT_TIMEOUT_TCP_CLOSING,
+        PROTO_TCP if flags & CT_FLAG_SEEN_REPLY != 0 => CT_TIMEOUT_TCP_ESTABLISHED,
+        PROTO_TCP => CT_TIMEOUT_TCP_SYN,
+        PROTO_UDP => CT_TIMEOUT_UDP,
+        _ => CT_TIMEOUT_OTHER,
+    }
+}
+
+/// Record a packet on an entry: closing state on FIN/RST, `add_flags`
+/// (e.g. seen-reply), and a new expiry. Writes only when something
+/// changes, at most about once a second per flow, to keep the cache line
+/// quiet under load.
+#[inline(always)]
+pub fn touch(entry: *mut CtEntry, proto: u8, tcp_flags: u8, add_flags: u16, now: u32) {
+    // SAFETY: pointer from a successful lookup, valid for this program run;
+    // concurrent writers race benignly (both write a sensible value).
+    unsafe {
+        let mut flags = (*entry).flags | add_flags;
+        if proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            flags |= CT_FLAG_CLOSING;
+        }
+        let expires = now.saturating_add(lifetime(proto, flags));
+        if flags != (*entry).flags {
+            (*entry).flags = flags;
+        }
+        if expires != (*entry).expires {
+            (*entry).expires = expires;
+        }
+    }
+}
+
+/// Same as [`touch`] for the entry of the other direction, if it exists.
+#[inline(always)]
+pub fn touch_peer(key: &CtKey, proto: u8, tcp_flags: u8, add_flags: u16, now: u32) {
+    if let Some(entry) = lookup(key, now) {
+        touch(entry, proto, tcp_flags, add_flags, now);
+    }
+}
+
+/// Create or replace an entry.
+#[inline(always)]
+pub fn insert(key: &CtKey, entry: &CtEntry, flags: u64) -> Option<()> {
+    GP_CT.insert(key, entry, flags).ok()
+}
