@@ -25,7 +25,7 @@ use crate::headers::{parse, Flow, IcmpError, Parsed, IP_OPTIONS, TCP_ACK, TCP_SY
 use crate::maps::{GP_CONFIG, GP_DEVICES, GP_NODE_ADDRS};
 use crate::nat::{rewrite_flow, rewrite_icmp_error, IcmpRewrite, Rewrite};
 use crate::packet::Packet;
-use crate::select::{backend_alive, choose, flow_hash, frontend};
+use crate::select::{backend_alive, choose, flow_hash, frontend, remember};
 
 /// What to do with the packet.
 pub enum Verdict {
@@ -214,8 +214,7 @@ fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32, now: u32) -> Verdi
         return Verdict::Continue;
     };
     let local_only = svc.flags & SVC_FLAG_LOCAL != 0;
-    // The fast path must not record affinity for a flow it may hand to tc.
-    let Some(choice) = choose(&key, &svc, flow, !P::FAST_PATH) else {
+    let Some(choice) = choose(&key, &svc, flow) else {
         // No backend (or, with externalTrafficPolicy Local, none on this
         // node): drop, so the client's load balancer retries elsewhere.
         return Verdict::Drop;
@@ -225,6 +224,7 @@ fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32, now: u32) -> Verdi
     let expires = now.saturating_add(conntrack::lifetime(flow.proto, lifetime_flags));
 
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
+        remember(&svc, flow, &choice);
         // Local backend: DNAT only; the reply leaves through our egress.
         let reply = CtEntry {
             new_saddr: flow.daddr,
@@ -273,6 +273,7 @@ fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32, now: u32) -> Verdi
             Verdict::Continue
         };
     }
+    remember(&svc, flow, &choice);
 
     let mode = lb_mode();
     let dsr = mode == LB_MODE_DSR || (mode == LB_MODE_HYBRID && flow.is_tcp());

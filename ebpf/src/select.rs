@@ -61,11 +61,10 @@ pub struct Choice {
     pub backend: Backend,
 }
 
-/// Choose a backend for a new flow. `remember`: record session affinity
-/// (false when the caller may still hand the packet to another program
-/// that will choose again).
+/// Choose a backend for a new flow. The caller records the choice for
+/// session affinity with [`remember`] once it commits to the flow.
 #[inline(always)]
-pub fn choose(key: &ServiceKey, svc: &ServiceValue, flow: &Flow, remember: bool) -> Option<Choice> {
+pub fn choose(key: &ServiceKey, svc: &ServiceValue, flow: &Flow) -> Option<Choice> {
     if svc.count == 0 {
         return None;
     }
@@ -74,24 +73,29 @@ pub fn choose(key: &ServiceKey, svc: &ServiceValue, flow: &Flow, remember: bool)
             return Some(choice);
         }
     }
-    let choice = match maglev(svc, flow) {
-        Some(choice) => choice,
-        None => random_slot(key, svc)?,
-    };
-    if remember && svc.affinity_timeout != 0 {
-        let value = Affinity {
-            backend_id: choice.backend_id,
-            // Slot 0: chosen by the table, not by slot; reuse is checked
-            // against the backend itself (see `sticky`).
-            slot: 0,
-            _pad: 0,
-            // SAFETY: plain helper call.
-            last_used_ns: unsafe { bpf_ktime_get_ns() },
-        };
-        // Failure only loses stickiness for the next flow.
-        let _ = GP_AFFINITY.insert(&affinity_key(svc, flow), &value, 0);
+    match maglev(svc, flow) {
+        Some(choice) => Some(choice),
+        None => random_slot(key, svc),
     }
-    Some(choice)
+}
+
+/// Record `choice` as this client's backend (`sessionAffinity: ClientIP`).
+#[inline(always)]
+pub fn remember(svc: &ServiceValue, flow: &Flow, choice: &Choice) {
+    if svc.affinity_timeout == 0 {
+        return;
+    }
+    let value = Affinity {
+        backend_id: choice.backend_id,
+        // Slot 0: chosen by the table, not by slot; reuse is checked
+        // against the backend itself (see `sticky`).
+        slot: 0,
+        _pad: 0,
+        // SAFETY: plain helper call.
+        last_used_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // Failure only loses stickiness for the next flow.
+    let _ = GP_AFFINITY.insert(&affinity_key(svc, flow), &value, 0);
 }
 
 #[inline(always)]
