@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap, Map, MapData, MapError};
 use gangplank_common::{
-    Affinity, AffinityKey, Backend, RevNat, ServiceKey, ServiceName, ServiceValue,
+    Affinity, AffinityKey, Backend, MaglevChunk, MaglevKey, RevNat, ServiceKey, ServiceName,
+    ServiceValue,
 };
 
 use super::{Error, Result};
@@ -18,16 +19,22 @@ pub const REV_NAT: &str = "GP_REV_NAT";
 pub const AFFINITY: &str = "GP_AFFINITY";
 pub const SVC_NAMES: &str = "GP_SVC_NAMES";
 pub const SOCK_REVNAT: &str = "GP_SOCK_REVNAT";
+pub const MAGLEV: &str = "GP_MAGLEV";
 
 /// Every map the agent pins, for uninstall.
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     SERVICES,
     BACKENDS,
     REV_NAT,
     AFFINITY,
     SVC_NAMES,
     SOCK_REVNAT,
+    MAGLEV,
 ];
+
+/// Maglev chunks per BPF_MAP_UPDATE_BATCH call: each is 4 KiB, so this
+/// keeps the kernel's copy of one call at 1 MiB.
+const MAGLEV_BATCH: usize = 256;
 
 /// Everything the writer needs to rebuild its view of programmed state.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -36,6 +43,9 @@ pub struct Snapshot {
     pub backends: HashMap<u32, Backend>,
     pub rev_nats: HashMap<u16, RevNat>,
     pub names: HashMap<u16, ServiceName>,
+    /// Keys of the Maglev chunks (the contents, 4 KiB each, are read one
+    /// table at a time with [`LbMaps::maglev_chunk`] when needed).
+    pub maglev: HashSet<MaglevKey>,
 }
 
 /// Affinity entries to forget, by reverse-NAT id: all of them (`None`) or
@@ -83,6 +93,10 @@ pub trait LbMaps {
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()>;
     fn put_rev_nat(&mut self, id: u16, rev: &RevNat, name: &ServiceName) -> Result<()>;
     fn delete_rev_nat(&mut self, id: u16) -> Result<()>;
+    fn put_maglev_chunk(&mut self, key: &MaglevKey, chunk: &MaglevChunk) -> Result<()>;
+    fn delete_maglev_chunk(&mut self, key: &MaglevKey) -> Result<()>;
+    /// One Maglev chunk (to check a pinned table at start-up).
+    fn maglev_chunk(&self, key: &MaglevKey) -> Result<Option<MaglevChunk>>;
     /// Forget `ClientIP` affinity entries, in one pass over the map.
     fn purge_affinity(&mut self, purges: &AffinityPurges) -> Result<()>;
     /// Read back everything (at start-up, to reconcile with pinned state).
@@ -107,6 +121,13 @@ pub trait LbMaps {
             .iter()
             .try_for_each(|(id, rev, name)| self.put_rev_nat(*id, rev, name))
     }
+
+    /// Many Maglev chunks at once (start-up).
+    fn put_maglev_chunks(&mut self, entries: &[(MaglevKey, MaglevChunk)]) -> Result<()> {
+        entries
+            .iter()
+            .try_for_each(|(k, c)| self.put_maglev_chunk(k, c))
+    }
 }
 
 /// The real, pinned BPF maps.
@@ -116,6 +137,7 @@ pub struct BpfMaps {
     rev_nat: BpfHashMap<MapData, u16, RevNat>,
     names: BpfHashMap<MapData, u16, ServiceName>,
     affinity: BpfHashMap<MapData, AffinityKey, Affinity>,
+    maglev: BpfHashMap<MapData, MaglevKey, MaglevChunk>,
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(
@@ -139,6 +161,7 @@ impl BpfMaps {
             rev_nat: typed(REV_NAT, ebpf.take_map(REV_NAT))?,
             names: typed(SVC_NAMES, ebpf.take_map(SVC_NAMES))?,
             affinity: typed(AFFINITY, ebpf.take_map(AFFINITY))?,
+            maglev: typed(MAGLEV, ebpf.take_map(MAGLEV))?,
         })
     }
 
@@ -167,6 +190,7 @@ impl BpfMaps {
             rev_nat: open(dir, REV_NAT)?,
             names: open(dir, SVC_NAMES)?,
             affinity: open(dir, AFFINITY)?,
+            maglev: open(dir, MAGLEV)?,
         })
     }
 }
@@ -259,6 +283,27 @@ impl LbMaps for BpfMaps {
         ignore_missing(self.names.remove(&id)).map_err(map_err(SVC_NAMES, "delete"))
     }
 
+    fn put_maglev_chunk(&mut self, key: &MaglevKey, chunk: &MaglevChunk) -> Result<()> {
+        self.maglev
+            .insert(key, chunk, 0)
+            .map_err(map_err(MAGLEV, "update"))
+    }
+
+    fn delete_maglev_chunk(&mut self, key: &MaglevKey) -> Result<()> {
+        ignore_missing(self.maglev.remove(key)).map_err(map_err(MAGLEV, "delete"))
+    }
+
+    fn maglev_chunk(&self, key: &MaglevKey) -> Result<Option<MaglevChunk>> {
+        match self.maglev.get(key, 0) {
+            Ok(chunk) => Ok(Some(chunk)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(None)
+            }
+            Err(e) => Err(map_err(MAGLEV, "lookup")(e)),
+        }
+    }
+
     fn purge_affinity(&mut self, purges: &AffinityPurges) -> Result<()> {
         let stale: Vec<AffinityKey> = collect(AFFINITY, &self.affinity)?
             .into_iter()
@@ -289,12 +334,33 @@ impl LbMaps for BpfMaps {
         batch(SVC_NAMES, &self.names, ids, names)
     }
 
+    fn put_maglev_chunks(&mut self, entries: &[(MaglevKey, MaglevChunk)]) -> Result<()> {
+        for group in entries.chunks(MAGLEV_BATCH) {
+            let (keys, values) = group.iter().copied().unzip();
+            batch(MAGLEV, &self.maglev, keys, values)?;
+        }
+        Ok(())
+    }
+
     fn snapshot(&self) -> Result<Snapshot> {
+        let mut maglev = HashSet::new();
+        // Keys only: reading every chunk would copy 64 KiB per table.
+        for key in self.maglev.keys() {
+            match key {
+                Ok(key) => {
+                    maglev.insert(key);
+                }
+                // Deleted while iterating: skip it.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(MAGLEV, "iterate")(e)),
+            }
+        }
         Ok(Snapshot {
             services: collect(SERVICES, &self.services)?,
             backends: collect(BACKENDS, &self.backends)?,
             rev_nats: collect(REV_NAT, &self.rev_nat)?,
             names: collect(SVC_NAMES, &self.names)?,
+            maglev,
         })
     }
 }

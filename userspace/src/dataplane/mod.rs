@@ -2,9 +2,12 @@
 //! load-balancer maps equal to the desired frontends.
 
 pub mod attached;
+pub mod ct_gc;
 pub mod ids;
 pub mod loader;
+pub mod maglev;
 pub mod maps;
+pub mod node_maps;
 mod sys;
 pub mod writer;
 

@@ -1,21 +1,21 @@
 //! Writer tests against [`FakeMaps`], which checks after every single map
 //! operation that no service is visible half-written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
-use gangplank_common::{ServiceKey, BACKEND_FLAG_TERMINATING};
+use gangplank_common::{
+    MaglevKey, ServiceKey, BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, MAGLEV_CHUNK,
+    SCOPE_EXTERNAL, SVC_FLAG_LOCAL, SVC_FLAG_MAGLEV, SVC_FLAG_MAGLEV_GEN1, SVC_FLAG_NODEPORT,
+};
 
 use super::fake::FakeMaps;
-use super::writer::{service_key, Writer};
+use super::maglev::{self, TableSize};
+use super::writer::{parse_name, service_key, Writer, WriterConfig};
 use crate::model::{BackendAddr, Frontend, FrontendKey, FrontendKind, Protocol, ServiceId};
 
 fn key(vip: [u8; 4], port: u16, protocol: Protocol) -> FrontendKey {
-    FrontendKey {
-        address: Ipv4Addr::from(vip),
-        port,
-        protocol,
-    }
+    FrontendKey::internal(Ipv4Addr::from(vip), port, protocol)
 }
 
 fn frontend(key: FrontendKey, backends: &[(u8, u16)]) -> Frontend {
@@ -33,9 +33,11 @@ fn frontend(key: FrontendKey, backends: &[(u8, u16)]) -> Frontend {
                 address: Ipv4Addr::new(198, 19, 1, *last),
                 port: *port,
                 terminating: false,
+                local: false,
             })
             .collect(),
         affinity_timeout: 0,
+        external_local: false,
     }
 }
 
@@ -72,6 +74,11 @@ fn assert_consistent(w: &Writer<FakeMaps>) {
         w.maps().violations.is_empty(),
         "datapath could see a half-written service: {:#?}",
         w.maps().violations
+    );
+    let settled = w.maps().settled_violations();
+    assert!(
+        settled.is_empty(),
+        "after the writer returned: {settled:#?}"
     );
 }
 
@@ -508,4 +515,494 @@ fn start_up_prefill_deletes_nothing_pinned_until_the_scan_is_complete() {
     assert_eq!(resolved(&w, &fresh).len(), 1);
     assert_eq!(w.maps().state.backends.len(), 4, "198.19.1.12 went with it");
     assert_consistent(&w);
+}
+
+// ---- NodePort, LoadBalancer and external IPs: scopes, flags, Maglev ----
+
+/// A prime just above one chunk, so tables take two chunks and the second
+/// is mostly padding; small enough that checking every op stays fast.
+const SMALL: u32 = 1031;
+
+fn maglev_writer(maps: FakeMaps, size: u32) -> Writer<FakeMaps> {
+    let config = WriterConfig {
+        maglev_table_size: TableSize::new(size).expect("prime"),
+    };
+    Writer::with_config(maps, config).expect("fake maps never fail to snapshot")
+}
+
+fn external(vip: [u8; 4], port: u16) -> FrontendKey {
+    FrontendKey::external(Ipv4Addr::from(vip), port, Protocol::Tcp)
+}
+
+const NODE_PORT: [u8; 4] = [0, 0, 0, 0];
+
+/// An external NodePort frontend on port 30080 with backends
+/// 198.19.1.x:8080.
+fn node_port(backends: &[u8]) -> Frontend {
+    let mut fe = frontend(
+        external(NODE_PORT, 30080),
+        &backends.iter().map(|b| (*b, 8080)).collect::<Vec<_>>(),
+    );
+    fe.kind = FrontendKind::NodePort;
+    fe
+}
+
+fn apply_one(w: &mut Writer<FakeMaps>, fe: &Frontend) {
+    w.apply(&BTreeMap::from([(fe.key, Some(fe.clone()))]));
+}
+
+/// The live Maglev table of `key`, as backend addresses.
+fn table_addresses(w: &Writer<FakeMaps>, key: &FrontendKey) -> Option<Vec<(Ipv4Addr, u16)>> {
+    let maps = w.maps();
+    let master = maps.state.services.get(&service_key(key, 0))?;
+    if master.flags & SVC_FLAG_MAGLEV == 0 {
+        return None;
+    }
+    let generation = u8::from(master.flags & SVC_FLAG_MAGLEV_GEN1 != 0);
+    let size = master.backend_id as usize;
+    let mut ids = Vec::new();
+    for chunk in 0..maglev::chunks_for(master.backend_id) {
+        let key = MaglevKey {
+            rev_nat_id: master.rev_nat_id,
+            generation,
+            _pad: 0,
+            chunk,
+        };
+        ids.extend_from_slice(&maps.chunks[&key].backend_ids);
+    }
+    ids.truncate(size);
+    Some(
+        ids.iter()
+            .map(|id| {
+                let b = maps.state.backends[id];
+                (
+                    Ipv4Addr::from(u32::from_be(b.address)),
+                    u16::from_be(b.port),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn external_frontends_get_scope_flags_and_a_maglev_table() {
+    let mut w = maglev_writer(FakeMaps::default(), SMALL);
+    let mut ext = node_port(&[10, 11, 12]);
+    ext.external_local = true;
+    ext.affinity_timeout = 60;
+    for b in &mut ext.backends {
+        b.local = true;
+    }
+    // The same NodePort from inside the cluster: same key but internal.
+    let mut int = ext.clone();
+    int.key = FrontendKey::internal(Ipv4Addr::UNSPECIFIED, 30080, Protocol::Tcp);
+    int.external_local = false;
+    w.sync([&ext, &int]);
+    assert_consistent(&w);
+
+    let state = &w.maps().state;
+    let master = state.services[&service_key(&ext.key, 0)];
+    assert_eq!(service_key(&ext.key, 0).scope, SCOPE_EXTERNAL);
+    assert_eq!(service_key(&ext.key, 0).address, 0, "NODEPORT_ADDRESS");
+    assert_eq!(
+        master.flags,
+        SVC_FLAG_MAGLEV | SVC_FLAG_LOCAL | SVC_FLAG_NODEPORT,
+        "generation 0 first"
+    );
+    assert_eq!(master.backend_id, SMALL, "the table size");
+    assert_eq!((master.count, master.affinity_timeout), (3, 60));
+    let internal = state.services[&service_key(&int.key, 0)];
+    assert_eq!(
+        internal.flags, SVC_FLAG_NODEPORT,
+        "no Maglev and no Local for the socket hooks"
+    );
+    assert_eq!(internal.backend_id, 0);
+    assert!(state
+        .backends
+        .values()
+        .all(|b| b.flags == BACKEND_FLAG_LOCAL));
+    assert_eq!(
+        w.maps().chunks.len(),
+        2,
+        "one table of 1031 entries: two chunks"
+    );
+    let table = table_addresses(&w, &ext.key).expect("table");
+    for b in [10, 11, 12] {
+        let n = table
+            .iter()
+            .filter(|a| **a == (Ipv4Addr::new(198, 19, 1, b), 8080))
+            .count();
+        assert!((343..=344).contains(&n), "backend .{b} has {n} entries");
+    }
+    let name = state.names[&master.rev_nat_id];
+    assert_eq!(
+        parse_name(&name),
+        ("default/web:http".to_owned(), Some(FrontendKind::NodePort))
+    );
+}
+
+#[test]
+fn a_backend_change_writes_the_other_generation_then_flips_then_cleans_up() {
+    let mut w = maglev_writer(FakeMaps::default(), SMALL);
+    w.sync([&node_port(&[10, 11])]);
+    let key = external(NODE_PORT, 30080);
+    let before = w.maps().log.len();
+
+    apply_one(&mut w, &node_port(&[11, 12]));
+    assert_consistent(&w);
+    let log = &w.maps().log[before..];
+    let first = |op: &str| log.iter().position(|o| *o == op);
+    let last = |op: &str| log.iter().rposition(|o| *o == op);
+    let order = [
+        ("put_backend", first("put_backend"), last("put_backend")),
+        ("put_slot", first("put_slot"), last("put_slot")),
+        ("put_chunk", first("put_chunk"), last("put_chunk")),
+        ("put_master", first("put_master"), last("put_master")),
+        ("delete_chunk", first("delete_chunk"), last("delete_chunk")),
+        (
+            "delete_backend",
+            first("delete_backend"),
+            last("delete_backend"),
+        ),
+    ];
+    for pair in order.windows(2) {
+        let ((a, _, a_last), (b, b_first, _)) = (pair[0], pair[1]);
+        assert!(
+            a_last.is_some() && b_first.is_some() && a_last < b_first,
+            "{a} must all come before {b}: {log:?}"
+        );
+    }
+    let master = w.maps().state.services[&service_key(&key, 0)];
+    assert_ne!(
+        master.flags & SVC_FLAG_MAGLEV_GEN1,
+        0,
+        "flipped to generation 1"
+    );
+    assert!(
+        w.maps().chunks.keys().all(|k| k.generation == 1),
+        "generation 0 deleted"
+    );
+    let table = table_addresses(&w, &key).expect("table");
+    assert!(!table.contains(&(Ipv4Addr::new(198, 19, 1, 10), 8080)));
+
+    // Nothing changed: nothing written, no table rebuilt.
+    let ops = w.maps().ops;
+    apply_one(&mut w, &node_port(&[12, 11]));
+    assert_eq!(w.maps().ops, ops, "same backend set, other order: no write");
+
+    // And back to generation 0.
+    apply_one(&mut w, &node_port(&[13]));
+    let master = w.maps().state.services[&service_key(&key, 0)];
+    assert_eq!(master.flags & SVC_FLAG_MAGLEV_GEN1, 0);
+    assert_consistent(&w);
+}
+
+#[test]
+fn no_backends_means_no_table_and_local_frontends_keep_their_flag() {
+    let mut w = maglev_writer(FakeMaps::default(), SMALL);
+    let mut fe = node_port(&[10]);
+    fe.external_local = true;
+    w.sync([&fe]);
+    let key = fe.key;
+    fe.backends.clear();
+    apply_one(&mut w, &fe);
+    assert_consistent(&w);
+    let master = w.maps().state.services[&service_key(&key, 0)];
+    assert_eq!(master.count, 0);
+    assert_eq!(
+        master.flags,
+        SVC_FLAG_LOCAL | SVC_FLAG_NODEPORT,
+        "no Maglev flag; Local makes the datapath drop instead of reject"
+    );
+    assert_eq!(master.backend_id, 0);
+    assert!(w.maps().chunks.is_empty());
+    assert!(w.maps().state.backends.is_empty());
+    apply_one(&mut w, &node_port(&[10, 11]));
+    assert_consistent(&w);
+    assert_eq!(
+        table_addresses(&w, &key).map(|t| t.len()),
+        Some(SMALL as usize)
+    );
+}
+
+#[test]
+fn every_node_builds_the_same_table_whatever_its_backend_ids() {
+    // Node A sees the frontend first; node B already has other backends,
+    // so the same endpoints get other ids, and learns them in another order.
+    let mut a = maglev_writer(FakeMaps::default(), SMALL);
+    a.sync([&node_port(&[10, 11, 12, 13])]);
+    let mut b = maglev_writer(FakeMaps::default(), SMALL);
+    let other = frontend(
+        key([198, 18, 200, 50], 80, Protocol::Tcp),
+        &[(99, 1), (98, 1)],
+    );
+    b.sync([&other]);
+    apply_one(&mut b, &node_port(&[13, 12, 11, 10]));
+    let key = external(NODE_PORT, 30080);
+    let a_ids: HashSet<u32> = a.maps().state.backends.keys().copied().collect();
+    let b_ids: HashSet<u32> = b.maps().state.backends.keys().copied().collect();
+    assert_ne!(a_ids, b_ids, "the scenario must give different ids");
+    assert_eq!(
+        table_addresses(&a, &key),
+        table_addresses(&b, &key),
+        "same backends, same table, position by position"
+    );
+    assert_consistent(&a);
+    assert_consistent(&b);
+}
+
+#[test]
+fn backend_flags_are_part_of_its_identity() {
+    let mut w = maglev_writer(FakeMaps::default(), SMALL);
+    let mut a = node_port(&[10]);
+    // The same endpoint, terminating (the fallback of another frontend).
+    let mut b = frontend(external([198, 18, 150, 1], 80), &[(10, 8080)]);
+    b.kind = FrontendKind::LoadBalancer;
+    b.backends[0].terminating = true;
+    w.sync([&a, &b]);
+    let flags: HashSet<u8> = w.maps().state.backends.values().map(|b| b.flags).collect();
+    assert_eq!(flags, HashSet::from([0, BACKEND_FLAG_TERMINATING]));
+    // It becomes local and ready everywhere: one entry, with the new flags.
+    a.backends[0].local = true;
+    b.backends[0] = a.backends[0];
+    w.apply(&BTreeMap::from([
+        (a.key, Some(a.clone())),
+        (b.key, Some(b.clone())),
+    ]));
+    let backends: Vec<u8> = w.maps().state.backends.values().map(|b| b.flags).collect();
+    assert_eq!(backends, [BACKEND_FLAG_LOCAL]);
+    assert_consistent(&w);
+}
+
+#[test]
+fn a_restart_adopts_pinned_tables_without_rewriting_them() {
+    let mut first = maglev_writer(FakeMaps::default(), SMALL);
+    let fes = [node_port(&[10, 11]), {
+        let mut lb = frontend(external([198, 18, 150, 1], 80), &[(10, 8080), (11, 8080)]);
+        lb.kind = FrontendKind::LoadBalancer;
+        lb
+    }];
+    first.sync(&fes);
+    let pinned = first.maps().restarted();
+    let mut second = maglev_writer(pinned, SMALL);
+    let stats = second.sync(&fes);
+    assert_eq!(stats.upserted, 0, "adopted tables are kept");
+    assert!(
+        !second.maps().log.iter().any(|op| op.starts_with("put")),
+        "{:?}",
+        second.maps().log
+    );
+    assert_consistent(&second);
+    // The lead's agent sets the size after `new`: same result.
+    let third = Writer::new(first.maps().restarted())
+        .expect("snapshot")
+        .with_maglev_table_size(SMALL)
+        .expect("prime");
+    let mut third = third;
+    assert_eq!(third.sync(&fes).upserted, 0);
+}
+
+#[test]
+fn a_restart_rebuilds_tables_that_are_stale_incomplete_or_of_another_size() {
+    let fe = node_port(&[10, 11, 12]);
+    let key = fe.key;
+    let mut first = maglev_writer(FakeMaps::default(), SMALL);
+    first.sync([&fe]);
+    let want = table_addresses(&first, &key);
+
+    // Another size: rebuilt at the new size, the old chunks go.
+    let mut resized = maglev_writer(first.maps().restarted(), 251);
+    assert_eq!(resized.sync([&fe]).upserted, 1);
+    assert_eq!(table_addresses(&resized, &key).map(|t| t.len()), Some(251));
+    assert_consistent(&resized);
+
+    // A table that is not what this writer would build (an agent killed
+    // between writing slots and flipping the master, or another hash).
+    let mut tampered = first.maps().restarted();
+    let chunk = tampered
+        .chunks
+        .iter_mut()
+        .find(|(k, _)| k.chunk == 0)
+        .map(|(_, c)| c)
+        .expect("chunk 0");
+    // Another of its backends in position 0: still valid ids, wrong table.
+    let other = chunk
+        .backend_ids
+        .iter()
+        .copied()
+        .find(|id| *id != chunk.backend_ids[0])
+        .expect("three backends");
+    chunk.backend_ids[0] = other;
+    let mut w = maglev_writer(tampered, SMALL);
+    assert_eq!(w.sync([&fe]).upserted, 1);
+    assert_eq!(table_addresses(&w, &key), want);
+    assert_consistent(&w);
+
+    // A missing chunk: the master can't be trusted either.
+    let mut incomplete = first.maps().restarted();
+    let gone = *incomplete.chunks.keys().max().expect("a chunk");
+    incomplete.chunks.remove(&gone);
+    incomplete.state.maglev.remove(&gone);
+    let mut w = maglev_writer(incomplete, SMALL);
+    w.sync([&fe]);
+    assert_eq!(table_addresses(&w, &key), want);
+    // The pinned table was broken before the writer started; it stays so
+    // only until the master entry flips to the rebuilt one.
+    assert!(
+        w.maps()
+            .violations
+            .iter()
+            .all(|v| v.contains("generation 0 chunk 1 missing") && v.contains("put_maglev_chunk")),
+        "{:#?}",
+        w.maps().violations
+    );
+    assert!(w.maps().settled_violations().is_empty());
+}
+
+#[test]
+fn chunks_nobody_uses_are_removed_at_start_up() {
+    let fe = node_port(&[10]);
+    let mut first = maglev_writer(FakeMaps::default(), SMALL);
+    first.sync([&fe]);
+    let mut pinned = first.maps().restarted();
+    let live = *pinned.chunks.keys().next().expect("a chunk");
+    let content = pinned.chunks[&live];
+    // The other generation (a crash before its deletion) and a table of a
+    // frontend that is gone.
+    for stale in [
+        MaglevKey {
+            generation: 1 - live.generation,
+            ..live
+        },
+        MaglevKey {
+            rev_nat_id: 999,
+            ..live
+        },
+    ] {
+        pinned.chunks.insert(stale, content);
+        pinned.state.maglev.insert(stale);
+    }
+    let mut w = maglev_writer(pinned, SMALL);
+    let desired: HashSet<FrontendKey> = [fe.key].into();
+    w.prefill(&BTreeMap::from([(fe.key, Some(fe.clone()))]));
+    w.finish_sync(&desired);
+    assert_eq!(w.maps().chunks.len(), 2, "only the live table's two chunks");
+    assert_consistent(&w);
+}
+
+#[test]
+fn start_up_writes_all_chunks_after_slots_and_before_masters() {
+    // A previous run pinned a frontend that is gone now.
+    let gone = {
+        let mut fe = frontend(external([198, 18, 150, 9], 80), &[(90, 80)]);
+        fe.kind = FrontendKind::LoadBalancer;
+        fe
+    };
+    let mut first = maglev_writer(FakeMaps::default(), SMALL);
+    first.sync([&gone]);
+    let mut w = maglev_writer(first.maps().restarted(), SMALL);
+
+    let fresh: Vec<Frontend> = (0..5u8)
+        .map(|i| {
+            let mut fe = frontend(external([198, 18, 150, i], 80), &[(10 + i, 80), (20, 80)]);
+            fe.kind = FrontendKind::LoadBalancer;
+            fe
+        })
+        .collect();
+    let changes: BTreeMap<FrontendKey, Option<Frontend>> =
+        fresh.iter().map(|fe| (fe.key, Some(fe.clone()))).collect();
+    w.prefill(&changes);
+    let log = &w.maps().log;
+    let last = |op: &str| log.iter().rposition(|o| *o == op);
+    let first_of = |op: &str| log.iter().position(|o| *o == op);
+    assert!(last("put_slot") < first_of("put_chunk"), "{log:?}");
+    assert!(last("put_chunk") < first_of("put_master"), "{log:?}");
+    assert_eq!(log.iter().filter(|o| **o == "put_chunk").count(), 10);
+    assert_eq!(
+        table_addresses(&w, &gone.key).map(|t| t.len()),
+        Some(SMALL as usize),
+        "kept mid-scan"
+    );
+
+    let desired: HashSet<FrontendKey> = changes.keys().copied().collect();
+    w.finish_sync(&desired);
+    assert!(table_addresses(&w, &gone.key).is_none());
+    assert_eq!(
+        w.maps().chunks.len(),
+        10,
+        "the gone frontend's table went with it"
+    );
+    for fe in &fresh {
+        assert_eq!(
+            table_addresses(&w, &fe.key).map(|t| t.len()),
+            Some(SMALL as usize)
+        );
+    }
+    assert_consistent(&w);
+}
+
+#[test]
+fn failures_anywhere_in_a_maglev_update_leave_nothing_half_written() {
+    let fe = |backends: &[u8]| node_port(backends);
+    // Count the ops of one update, then fail each of them in turn.
+    let mut probe = maglev_writer(FakeMaps::default(), SMALL);
+    probe.sync([&fe(&[10, 11])]);
+    let before = probe.maps().ops;
+    apply_one(&mut probe, &fe(&[11, 12]));
+    let update_ops = probe.maps().ops - before;
+    assert!(update_ops >= 6, "{:?}", probe.maps().log);
+    for fail_at in 0..update_ops {
+        let mut w = maglev_writer(FakeMaps::default(), SMALL);
+        w.sync([&fe(&[10, 11])]);
+        w.maps_mut_for_test().fail_at = Some(fail_at);
+        let stats = w.apply(&BTreeMap::from([(fe(&[]).key, Some(fe(&[11, 12])))]));
+        assert!(
+            w.maps().violations.is_empty(),
+            "fail_at {fail_at}: {:#?}",
+            w.maps().violations
+        );
+        if stats.failed > 0 {
+            assert!(
+                w.maps().state.services.is_empty() && w.maps().chunks.is_empty(),
+                "fail_at {fail_at}: a failed frontend is removed entirely"
+            );
+        }
+        // The retry puts everything right.
+        apply_one(&mut w, &fe(&[11, 12]));
+        assert_consistent(&w);
+        assert_eq!(w.failed().count(), 0);
+        assert_eq!(
+            table_addresses(&w, &fe(&[]).key).map(|t| t.len()),
+            Some(SMALL as usize),
+            "fail_at {fail_at}"
+        );
+    }
+    // The same in the start-up batch.
+    let fes: Vec<Frontend> = (0..4u8)
+        .map(|i| {
+            let mut f = frontend(external([198, 18, 150, i], 80), &[(10, 80), (20 + i, 80)]);
+            f.kind = FrontendKind::LoadBalancer;
+            f
+        })
+        .collect();
+    for fail_at in [0, 3, 10, 13, 17, 20, 25] {
+        let mut w = maglev_writer(FakeMaps::default(), SMALL);
+        w.maps_mut_for_test().fail_at = Some(fail_at);
+        let stats = w.sync(&fes);
+        assert_eq!(stats.failed, 0, "retried one at a time (fail_at {fail_at})");
+        assert_consistent(&w);
+        assert_eq!(w.maps().chunks.len(), 8, "fail_at {fail_at}");
+    }
+}
+
+#[test]
+fn table_sizes_are_checked() {
+    let w = Writer::new(FakeMaps::default()).expect("snapshot");
+    assert!(w.with_maglev_table_size(16_383).is_err(), "not prime");
+    let w = Writer::new(FakeMaps::default()).expect("snapshot");
+    assert!(w.with_maglev_table_size(7).is_err(), "too small");
+    let w = Writer::new(FakeMaps::default()).expect("snapshot");
+    assert!(w
+        .with_maglev_table_size(MAGLEV_CHUNK as u32 * 1024)
+        .is_err());
 }

@@ -3,29 +3,48 @@
 //!
 //! 1. new backends,
 //! 2. backend slots `1..=count`,
-//! 3. the slot-0 master entry (count, reverse-NAT id, affinity),
-//! 4. slots beyond the new count,
-//! 5. backends nobody points at any more.
+//! 3. external frontends whose backend set changed: the new Maglev table,
+//!    written into the generation the master entry does *not* point at,
+//! 4. the slot-0 master entry (count, reverse-NAT id, affinity, flags, and
+//!    the Maglev size and live generation),
+//! 5. slots beyond the new count,
+//! 6. the previous Maglev generation,
+//! 7. backends nobody points at any more.
 //!
 //! A connect() racing with an update sees either the old or the new master
 //! entry. If it copied the old one and the slot it picks was just deleted
-//! (step 4), it reads the master again and finds the new one, which step 3
-//! wrote before anything was deleted.
+//! (step 5), it reads the master again and finds the new one, which step 4
+//! wrote before anything was deleted. A packet on a device reads whichever
+//! table generation the master it found names; both are complete while
+//! either can be named, and every backend either one points at still exists.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use gangplank_common::{
-    Backend, RevNat, ServiceKey, ServiceName, ServiceValue, BACKENDS_MAP_SIZE,
-    BACKEND_FLAG_TERMINATING, PROTO_TCP, PROTO_UDP, REV_NAT_MAP_SIZE, SERVICE_NAME_LEN,
+    Backend, MaglevChunk, MaglevKey, RevNat, ServiceKey, ServiceName, ServiceValue,
+    BACKENDS_MAP_SIZE, BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, MAGLEV_CHUNK, MAGLEV_MAX_SIZE,
+    PROTO_TCP, PROTO_UDP, REV_NAT_MAP_SIZE, SCOPE_EXTERNAL, SCOPE_INTERNAL, SERVICE_NAME_LEN,
+    SVC_FLAG_LOCAL, SVC_FLAG_MAGLEV, SVC_FLAG_MAGLEV_GEN1, SVC_FLAG_NODEPORT,
 };
 use tracing::{debug, warn};
 
 use super::ids::IdAllocator;
 use super::maps::{AffinityPurges, LbMaps, Snapshot};
 use super::{Error, Result};
-use crate::model::{BackendAddr, Frontend, FrontendKey, Protocol};
+use crate::model::{BackendAddr, Frontend, FrontendKey, FrontendKind, Protocol, Scope};
+
+use super::maglev::{self, TableSize};
+
+/// Writer settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// Size of the Maglev table of every external frontend
+    /// (`--maglev-table-size`; parse it with `TableSize::from_str`, which
+    /// refuses sizes the datapath cannot use).
+    pub maglev_table_size: TableSize,
+}
 
 /// Identity of a backend map entry. Frontends that point at the same
 /// endpoint share one entry (and one id).
@@ -51,13 +70,48 @@ struct Programmed {
     /// rewritten).
     slots: Vec<u32>,
     affinity_timeout: u32,
+    /// Master entry flags other than the Maglev ones
+    /// (`SVC_FLAG_LOCAL`, `SVC_FLAG_NODEPORT`).
+    flags: u16,
+    /// The Maglev table the master entry points at, if any.
+    maglev: Option<LiveTable>,
     /// All zeroes when the reverse-NAT entry must be rewritten.
     name: ServiceName,
 }
 
+/// A Maglev table in the maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LiveTable {
+    /// 0 or 1 (`MaglevKey::generation`, `SVC_FLAG_MAGLEV_GEN1`).
+    generation: u8,
+    /// Entries (`M`), as in the master entry's `backend_id`.
+    size: u32,
+    /// The backend ids it was built from, sorted. Empty for a pinned table
+    /// that could not be checked at start-up: it never matches a desired
+    /// set, so the next write replaces it.
+    ids: Vec<u32>,
+}
+
+/// See `Writer::last_table`.
+#[derive(Debug)]
+struct LastTable {
+    /// (address, port, id), sorted.
+    backends: Vec<(Ipv4Addr, u16, u32)>,
+    table: Vec<u32>,
+}
+
+/// Maglev chunks `bulk_insert` collects before writing them (1 MiB).
+const CHUNKS_PER_WRITE: usize = 256;
+
 /// Keeps the BPF maps equal to the desired frontends.
 pub struct Writer<M> {
     maps: M,
+    maglev_size: TableSize,
+    /// The last Maglev table computed and the backends it was computed
+    /// for (address, port, id; sorted): the external frontends of one
+    /// Service port (NodePort, load-balancer IPs, external IPs) share their
+    /// backends, so one computation serves them all.
+    last_table: Option<LastTable>,
     frontends: HashMap<ServiceKey, Programmed>,
     backends: HashMap<BackendKey, BackendEntry>,
     backend_by_id: HashMap<u32, BackendKey>,
@@ -78,6 +132,9 @@ struct Orphans {
     slots: Vec<ServiceKey>,
     rev_nats: Vec<u16>,
     backends: Vec<u32>,
+    /// Maglev chunks no live table uses (a generation left by a crash
+    /// mid-update, or tables of frontends that are gone).
+    chunks: Vec<MaglevKey>,
 }
 
 /// Map entries touched by one call, for logs and benchmarks.
@@ -103,15 +160,58 @@ fn proto_number(p: Protocol) -> u8 {
     }
 }
 
+fn scope_number(scope: Scope) -> u8 {
+    match scope {
+        Scope::Internal => SCOPE_INTERNAL,
+        Scope::External => SCOPE_EXTERNAL,
+    }
+}
+
 /// Map-side key of a frontend's entry `slot` (addresses and ports in
-/// network byte order, as the socket hooks see them).
+/// network byte order, as the datapath sees them; NodePort frontends have
+/// address 0, `NODEPORT_ADDRESS`).
 pub fn service_key(key: &FrontendKey, slot: u16) -> ServiceKey {
-    ServiceKey::new(
+    ServiceKey::scoped(
         u32::from(key.address).to_be(),
         key.port.to_be(),
         proto_number(key.protocol),
+        scope_number(key.scope),
         slot,
     )
+}
+
+/// Master entry flags a frontend needs, apart from the Maglev ones.
+fn base_flags(fe: &Frontend) -> u16 {
+    let mut flags = 0;
+    if fe.external_local && fe.key.scope == Scope::External {
+        flags |= SVC_FLAG_LOCAL;
+    }
+    if fe.kind == FrontendKind::NodePort {
+        flags |= SVC_FLAG_NODEPORT;
+    }
+    flags
+}
+
+fn maglev_key(rev_nat_id: u16, generation: u8, chunk: u32) -> MaglevKey {
+    MaglevKey {
+        rev_nat_id,
+        generation,
+        _pad: 0,
+        chunk,
+    }
+}
+
+/// A table cut into map values; the last one is padded with 0 ("no
+/// backend", never read: the datapath stays below the table size).
+fn chunk_values(table: &[u32]) -> impl Iterator<Item = (u32, MaglevChunk)> + '_ {
+    table.chunks(MAGLEV_CHUNK).enumerate().map(|(i, part)| {
+        let mut chunk = MaglevChunk {
+            backend_ids: [0; MAGLEV_CHUNK],
+        };
+        chunk.backend_ids[..part.len()].copy_from_slice(part);
+        // At most MAGLEV_MAX_SIZE / MAGLEV_CHUNK chunks.
+        (i as u32, chunk)
+    })
 }
 
 fn slot_key(master: &ServiceKey, slot: usize) -> ServiceKey {
@@ -132,13 +232,24 @@ fn slot_value(backend_id: u32, rev_nat_id: u16) -> ServiceValue {
     }
 }
 
-fn master_value(count: u16, rev_nat_id: u16, affinity_timeout: u32) -> ServiceValue {
+fn master_value(
+    count: u16,
+    rev_nat_id: u16,
+    affinity_timeout: u32,
+    flags: u16,
+    table: Option<&LiveTable>,
+) -> ServiceValue {
+    let (backend_id, maglev_flags) = match table {
+        Some(t) if t.generation == 1 => (t.size, SVC_FLAG_MAGLEV | SVC_FLAG_MAGLEV_GEN1),
+        Some(t) => (t.size, SVC_FLAG_MAGLEV),
+        None => (0, 0),
+    };
     ServiceValue {
-        backend_id: 0,
+        backend_id,
         count,
         rev_nat_id,
         affinity_timeout,
-        flags: 0,
+        flags: flags | maglev_flags,
         _pad: 0,
     }
 }
@@ -151,30 +262,42 @@ fn rev_nat_value(master: &ServiceKey) -> RevNat {
     }
 }
 
-/// "198.18.200.10:80/TCP" for logs.
+/// "198.18.200.10:80/TCP" (or "0.0.0.0:30080/TCP external") for logs.
 pub fn describe(key: &ServiceKey) -> String {
     let proto = match key.proto {
         PROTO_TCP => "TCP",
         PROTO_UDP => "UDP",
         _ => "?",
     };
+    let scope = if key.scope == SCOPE_EXTERNAL {
+        " external"
+    } else {
+        ""
+    };
     format!(
-        "{}:{}/{proto}",
+        "{}:{}/{proto}{scope}",
         Ipv4Addr::from(u32::from_be(key.address)),
         u16::from_be(key.port)
     )
 }
 
+/// The backend entry for an endpoint. The flags are part of its identity:
+/// an endpoint that becomes terminating gets a new entry (and id) rather
+/// than a rewritten one, so flows and frontends that still use the old
+/// entry see consistent flags.
 fn backend_key(addr: &BackendAddr, proto: u8) -> BackendKey {
+    let mut flags = 0;
+    if addr.terminating {
+        flags |= BACKEND_FLAG_TERMINATING;
+    }
+    if addr.local {
+        flags |= BACKEND_FLAG_LOCAL;
+    }
     BackendKey {
         address: u32::from(addr.address).to_be(),
         port: addr.port.to_be(),
         proto,
-        flags: if addr.terminating {
-            BACKEND_FLAG_TERMINATING
-        } else {
-            0
-        },
+        flags,
     }
 }
 
@@ -191,6 +314,36 @@ const NO_NAME: ServiceName = ServiceName {
     name: [0; SERVICE_NAME_LEN],
 };
 
+/// The last byte of a [`ServiceName`] holds the frontend's kind (the maps
+/// have no other place for it, and only `service list` reads names); the
+/// text stops before it, so it is always NUL-terminated.
+pub const NAME_KIND_BYTE: usize = SERVICE_NAME_LEN - 1;
+
+/// The code stored at [`NAME_KIND_BYTE`] (0 = unknown, e.g. written by an
+/// older agent).
+pub fn kind_code(kind: FrontendKind) -> u8 {
+    match kind {
+        FrontendKind::ClusterIp => 1,
+        FrontendKind::NodePort => 2,
+        FrontendKind::LoadBalancer => 3,
+        FrontendKind::ExternalIp => 4,
+    }
+}
+
+/// The text and kind of a [`ServiceName`] written by [`service_name`].
+pub fn parse_name(name: &ServiceName) -> (String, Option<FrontendKind>) {
+    let text = &name.name[..NAME_KIND_BYTE];
+    let end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
+    let kind = match name.name[NAME_KIND_BYTE] {
+        1 => Some(FrontendKind::ClusterIp),
+        2 => Some(FrontendKind::NodePort),
+        3 => Some(FrontendKind::LoadBalancer),
+        4 => Some(FrontendKind::ExternalIp),
+        _ => None,
+    };
+    (String::from_utf8_lossy(&text[..end]).into_owned(), kind)
+}
+
 fn service_name(fe: &Frontend) -> ServiceName {
     let text = if fe.port_name.is_empty() {
         format!("{}", fe.service)
@@ -199,8 +352,9 @@ fn service_name(fe: &Frontend) -> ServiceName {
     };
     let mut name = NO_NAME;
     let bytes = text.as_bytes();
-    let len = bytes.len().min(SERVICE_NAME_LEN);
+    let len = bytes.len().min(NAME_KIND_BYTE);
     name.name[..len].copy_from_slice(&bytes[..len]);
+    name.name[NAME_KIND_BYTE] = kind_code(fe.kind);
     name
 }
 
@@ -244,11 +398,19 @@ fn assign_slots(old: &[u32], desired: &[u32]) -> Vec<u32> {
 
 impl<M: LbMaps> Writer<M> {
     /// Start from whatever the (pinned) maps hold, so a restarted agent
-    /// reuses ids and only writes what differs.
+    /// reuses ids and only writes what differs. Default settings.
     pub fn new(maps: M) -> Result<Self> {
+        Self::with_config(maps, WriterConfig::default())
+    }
+
+    /// [`Writer::new`] with settings. Pinned Maglev tables of another size
+    /// are rebuilt at the next sync.
+    pub fn with_config(maps: M, config: WriterConfig) -> Result<Self> {
         let snapshot = maps.snapshot()?;
         let mut writer = Self {
             maps,
+            maglev_size: config.maglev_table_size,
+            last_table: None,
             frontends: HashMap::new(),
             backends: HashMap::new(),
             backend_by_id: HashMap::new(),
@@ -260,6 +422,40 @@ impl<M: LbMaps> Writer<M> {
         };
         writer.adopt(snapshot);
         Ok(writer)
+    }
+
+    /// Sets the Maglev table size (`--maglev-table-size`), refusing sizes
+    /// the datapath cannot use. Pinned tables of this size are checked (and
+    /// kept if right) rather than rebuilt; tables of another size are
+    /// rebuilt by the next sync.
+    pub fn with_maglev_table_size(
+        mut self,
+        size: u32,
+    ) -> std::result::Result<Self, maglev::InvalidTableSize> {
+        let size = TableSize::new(size)?;
+        if size != self.maglev_size {
+            self.maglev_size = size;
+            self.last_table = None;
+            let unchecked: Vec<(ServiceKey, u16, u8)> = self
+                .frontends
+                .iter()
+                .filter_map(|(key, p)| {
+                    let t = p.maglev.as_ref()?;
+                    (t.ids.is_empty() && t.size == size.get()).then_some((
+                        *key,
+                        p.rev_nat_id,
+                        t.generation,
+                    ))
+                })
+                .collect();
+            for (key, rev_nat_id, generation) in unchecked {
+                let ids = self.adopt_table(&key, rev_nat_id, generation, size.get());
+                if let Some(t) = self.frontends.get_mut(&key).and_then(|p| p.maglev.as_mut()) {
+                    t.ids = ids;
+                }
+            }
+        }
+        Ok(self)
     }
 
     /// Rebuild bookkeeping from map contents. Anything inconsistent is
@@ -323,15 +519,51 @@ impl<M: LbMaps> Writer<M> {
                 Some(name) if rev_ok => *name,
                 _ => NO_NAME,
             };
+            let maglev = (value.flags & SVC_FLAG_MAGLEV != 0).then(|| {
+                let generation = u8::from(value.flags & SVC_FLAG_MAGLEV_GEN1 != 0);
+                // A corrupted size must not make the clean-up walk
+                // millions of chunk keys; no valid table is larger.
+                let size = value.backend_id.min(MAGLEV_MAX_SIZE);
+                LiveTable {
+                    generation,
+                    size,
+                    ids: if snap
+                        .maglev
+                        .contains(&maglev_key(value.rev_nat_id, generation, 0))
+                    {
+                        self.adopt_table(key, value.rev_nat_id, generation, size)
+                    } else {
+                        Vec::new()
+                    },
+                }
+            });
             self.frontends.insert(
                 *key,
                 Programmed {
                     rev_nat_id: value.rev_nat_id,
                     slots,
                     affinity_timeout: value.affinity_timeout,
+                    flags: value.flags & (SVC_FLAG_LOCAL | SVC_FLAG_NODEPORT),
+                    maglev,
                     name,
                 },
             );
+        }
+        // Chunks no live table reads: deleted before anything is written.
+        let live: HashMap<(u16, u8), u32> = self
+            .frontends
+            .values()
+            .filter_map(|p| {
+                let t = p.maglev.as_ref()?;
+                Some(((p.rev_nat_id, t.generation), maglev::chunks_for(t.size)))
+            })
+            .collect();
+        for key in &snap.maglev {
+            let chunks = live.get(&(key.rev_nat_id, key.generation));
+            let used = key._pad == 0 && chunks.is_some_and(|n| key.chunk < *n);
+            if !used {
+                self.orphans.chunks.push(*key);
+            }
         }
         for key in snap.services.keys().filter(|k| k.backend_slot != 0) {
             let in_range = self
@@ -356,6 +588,73 @@ impl<M: LbMaps> Writer<M> {
             self.rev_nat_ids.reserve(id as u32);
             self.orphans.rev_nats.push(id);
         }
+    }
+
+    /// The backend ids of a pinned Maglev table (sorted), if it is complete
+    /// and exactly what this writer would build for them: a table from a
+    /// crash mid-update, of another size, or from an agent that hashed
+    /// differently is reported as unknown (empty) and rebuilt by the next
+    /// write. Costs one table computation per pinned external frontend.
+    fn adopt_table(
+        &mut self,
+        master: &ServiceKey,
+        rev_nat_id: u16,
+        generation: u8,
+        size: u32,
+    ) -> Vec<u32> {
+        if size != self.maglev_size.get() {
+            return Vec::new();
+        }
+        let mut table = Vec::with_capacity(size as usize);
+        for chunk in 0..maglev::chunks_for(size) {
+            let key = maglev_key(rev_nat_id, generation, chunk);
+            match self.maps.maglev_chunk(&key) {
+                Ok(Some(values)) => table.extend_from_slice(&values.backend_ids),
+                Ok(None) => return Vec::new(),
+                Err(error) => {
+                    warn!(frontend = %describe(master), %error,
+                          "pinned Maglev table unreadable; rebuilding it");
+                    return Vec::new();
+                }
+            }
+        }
+        table.truncate(size as usize);
+        let mut ids = table.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let known = ids.iter().all(|id| self.backend_by_id.contains_key(id));
+        if !known || self.table_for(&ids) != table {
+            debug!(frontend = %describe(master), "pinned Maglev table is stale; rebuilding it");
+            return Vec::new();
+        }
+        ids
+    }
+
+    /// The Maglev table for backend ids `ids`, by their addresses.
+    fn table_for(&mut self, ids: &[u32]) -> Vec<u32> {
+        let mut backends: Vec<(Ipv4Addr, u16, u32)> = ids
+            .iter()
+            .filter_map(|id| {
+                let key = self.backend_by_id.get(id)?;
+                Some((
+                    Ipv4Addr::from(u32::from_be(key.address)),
+                    u16::from_be(key.port),
+                    *id,
+                ))
+            })
+            .collect();
+        backends.sort_unstable();
+        if let Some(last) = &self.last_table {
+            if last.backends == backends {
+                return last.table.clone();
+            }
+        }
+        let table = maglev::table(&backends, self.maglev_size);
+        self.last_table = Some(LastTable {
+            backends,
+            table: table.clone(),
+        });
+        table
     }
 
     /// Number of frontends programmed.
@@ -493,8 +792,11 @@ impl<M: LbMaps> Writer<M> {
     /// Program frontends that are not in the maps yet with a handful of
     /// batch syscalls instead of one per entry (start-up at 10,000 services
     /// writes ~230,000 entries). The phases keep the single-write order:
-    /// all backends, all reverse-NAT entries, all slots, then all master
-    /// entries, so no master entry is visible before what it points to.
+    /// all backends, all reverse-NAT entries, all slots, all Maglev chunks
+    /// (generation 0), then all master entries, so no master entry is
+    /// visible before what it points to. Tables are computed and written a
+    /// few hundred chunks at a time, so thousands of external frontends
+    /// never hold all their tables (64 KiB each) in memory at once.
     /// If anything fails (a full map), everything planned is removed again
     /// and the frontends go through the one-at-a-time path, which reports
     /// exactly which ones do not fit.
@@ -507,6 +809,9 @@ impl<M: LbMaps> Writer<M> {
         let mut slots = Vec::new();
         let mut masters = Vec::with_capacity(fresh.len());
         let mut planned = Vec::with_capacity(fresh.len());
+        // (reverse-NAT id, sorted backend ids) of each table to write.
+        let mut tables: Vec<(u16, Vec<u32>)> = Vec::new();
+        let maglev_size = self.maglev_size.get();
         let plan = (|| -> Result<()> {
             for fe in fresh {
                 let master_key = service_key(&fe.key, 0);
@@ -520,6 +825,7 @@ impl<M: LbMaps> Writer<M> {
                         .allocate()
                         .ok_or(Error::IdsExhausted("reverse-NAT"))? as u16;
                 let name = service_name(fe);
+                let flags = base_flags(fe);
                 // Recorded before the backends are reserved, so that a
                 // failure below is undone by `delete` like the rest.
                 self.frontends.insert(
@@ -528,6 +834,8 @@ impl<M: LbMaps> Writer<M> {
                         rev_nat_id,
                         slots: Vec::with_capacity(keys.len()),
                         affinity_timeout: fe.affinity_timeout,
+                        flags,
+                        maglev: None,
                         name,
                     },
                 );
@@ -543,9 +851,23 @@ impl<M: LbMaps> Writer<M> {
                     }
                     slots.push((slot_key(&master_key, i + 1), slot_value(id, rev_nat_id)));
                 }
+                let mut table = None;
+                if let Some(p) = self.frontends.get_mut(&master_key) {
+                    if master_key.scope == SCOPE_EXTERNAL && !p.slots.is_empty() {
+                        let mut ids = p.slots.clone();
+                        ids.sort_unstable();
+                        tables.push((rev_nat_id, ids.clone()));
+                        p.maglev = Some(LiveTable {
+                            generation: 0,
+                            size: maglev_size,
+                            ids,
+                        });
+                    }
+                    table = p.maglev.as_ref();
+                }
                 masters.push((
                     master_key,
-                    master_value(count, rev_nat_id, fe.affinity_timeout),
+                    master_value(count, rev_nat_id, fe.affinity_timeout, flags, table),
                 ));
             }
             Ok(())
@@ -554,6 +876,17 @@ impl<M: LbMaps> Writer<M> {
             self.maps.put_backends(&backends)?;
             self.maps.put_rev_nats(&rev_nats)?;
             self.maps.put_services(&slots)?;
+            let mut chunks = Vec::new();
+            for (rev_nat_id, ids) in &tables {
+                let table = self.table_for(ids);
+                chunks
+                    .extend(chunk_values(&table).map(|(i, c)| (maglev_key(*rev_nat_id, 0, i), c)));
+                if chunks.len() >= CHUNKS_PER_WRITE {
+                    self.maps.put_maglev_chunks(&chunks)?;
+                    chunks.clear();
+                }
+            }
+            self.maps.put_maglev_chunks(&chunks)?;
             self.maps.put_services(&masters)
         });
         match written {
@@ -622,7 +955,21 @@ impl<M: LbMaps> Writer<M> {
                 .map_or(0, |p| p.slots.len())
                 .max(acquired.len());
             let rev_nat = old.as_ref().map(|p| p.rev_nat_id).or(new_rev_nat);
-            self.take_down(&master_key, most_slots, rev_nat, true);
+            // Either generation may hold (part of) a table: the live one and
+            // the one being written.
+            let mut table_size = old
+                .as_ref()
+                .and_then(|p| p.maglev.as_ref())
+                .map_or(0, |t| t.size);
+            if master_key.scope == SCOPE_EXTERNAL {
+                table_size = table_size.max(self.maglev_size.get());
+            }
+            let tables = if table_size == 0 {
+                Vec::new()
+            } else {
+                vec![(0, table_size), (1, table_size)]
+            };
+            self.take_down(&master_key, most_slots, rev_nat, &tables, true);
             if let Some(old) = old {
                 self.release_all(&old.slots);
             }
@@ -640,6 +987,7 @@ impl<M: LbMaps> Writer<M> {
     ) -> Result<bool> {
         let master_key = *master_key;
         let name = service_name(fe);
+        let flags = base_flags(fe);
 
         let keys = unique_backends(fe, master_key.proto);
         if keys.len() > u16::MAX as usize {
@@ -685,20 +1033,41 @@ impl<M: LbMaps> Writer<M> {
             wrote = true;
         }
 
-        // 3. The master entry.
+        // 3. The Maglev table, into the generation not in use.
+        let old_table = old.as_ref().and_then(|p| p.maglev.clone());
+        let table = self.write_table(&master_key, rev_nat_id, &slots, old_table.as_ref())?;
+        wrote |= table != old_table;
+
+        // 4. The master entry.
         let master_changed = old.as_ref().is_none_or(|p| {
-            p.slots.len() != slots.len() || p.affinity_timeout != fe.affinity_timeout
+            p.slots.len() != slots.len()
+                || p.affinity_timeout != fe.affinity_timeout
+                || p.flags != flags
+                || p.maglev != table
         });
         if master_changed {
-            let value = master_value(slots.len() as u16, rev_nat_id, fe.affinity_timeout);
+            let value = master_value(
+                slots.len() as u16,
+                rev_nat_id,
+                fe.affinity_timeout,
+                flags,
+                table.as_ref(),
+            );
             self.maps.put_service(&master_key, &value)?;
             wrote = true;
         }
 
-        // 4. Slots beyond the new count.
+        // 5. Slots beyond the new count.
         for slot in slots.len()..old_slots.len() {
             self.maps.delete_service(&slot_key(&master_key, slot + 1))?;
             wrote = true;
+        }
+
+        // 6. The table generation no master entry names any more.
+        if let Some(old_table) = &old_table {
+            if table.as_ref().map(|t| t.generation) != Some(old_table.generation) {
+                self.delete_table(rev_nat_id, old_table.generation, old_table.size)?;
+            }
         }
 
         // From here on the frontend is fully written; what follows is
@@ -709,12 +1078,14 @@ impl<M: LbMaps> Writer<M> {
                 rev_nat_id,
                 slots: slots.clone(),
                 affinity_timeout: fe.affinity_timeout,
+                flags,
+                maglev: table,
                 name,
             },
         );
         acquired.clear();
 
-        // 5. Affinity entries pointing at backends that left, and the old
+        // 7. Affinity entries pointing at backends that left, and the old
         // slots' references (backends nobody uses go last).
         let removed: HashSet<u32> = old_slots
             .iter()
@@ -732,29 +1103,83 @@ impl<M: LbMaps> Writer<M> {
         Ok(wrote)
     }
 
+    /// Writes the Maglev table an external frontend with backend `slots`
+    /// needs, unless the live one (`old`) already is it, and returns the
+    /// table the master entry must name (`None`: no table, for internal
+    /// frontends and frontends without backends). A new table goes into the
+    /// generation `old` does not use, so the datapath keeps reading a
+    /// complete table until the master entry flips.
+    fn write_table(
+        &mut self,
+        master_key: &ServiceKey,
+        rev_nat_id: u16,
+        slots: &[u32],
+        old: Option<&LiveTable>,
+    ) -> Result<Option<LiveTable>> {
+        if master_key.scope != SCOPE_EXTERNAL || slots.is_empty() {
+            return Ok(None);
+        }
+        let mut ids = slots.to_vec();
+        ids.sort_unstable();
+        let size = self.maglev_size.get();
+        if let Some(old) = old.filter(|t| t.size == size && t.ids == ids) {
+            return Ok(Some(old.clone()));
+        }
+        let generation = old.map_or(0, |t| 1 - t.generation);
+        let table = self.table_for(&ids);
+        for (i, chunk) in chunk_values(&table) {
+            self.maps
+                .put_maglev_chunk(&maglev_key(rev_nat_id, generation, i), &chunk)?;
+        }
+        Ok(Some(LiveTable {
+            generation,
+            size,
+            ids,
+        }))
+    }
+
+    /// Deletes every chunk of a table of `size` entries.
+    fn delete_table(&mut self, rev_nat_id: u16, generation: u8, size: u32) -> Result<()> {
+        for chunk in 0..maglev::chunks_for(size) {
+            self.maps
+                .delete_maglev_chunk(&maglev_key(rev_nat_id, generation, chunk))?;
+        }
+        Ok(())
+    }
+
     /// Remove one frontend: master entry first so no new connection picks
-    /// it, then its slots, reverse-NAT entry and unused backends. If the
-    /// master entry cannot be removed, nothing else is touched and the
-    /// frontend stays known, so a later call can try again.
+    /// it, then its slots, reverse-NAT entry, Maglev table and unused
+    /// backends. If the master entry cannot be removed, nothing else is
+    /// touched and the frontend stays known, so a later call can try again.
     fn delete(&mut self, master_key: &ServiceKey) -> Result<bool> {
         let Some(old) = self.frontends.get(master_key).cloned() else {
             return Ok(false);
         };
         self.maps.delete_service(master_key)?;
         self.frontends.remove(master_key);
-        self.take_down(master_key, old.slots.len(), Some(old.rev_nat_id), false);
+        let tables: Vec<(u8, u32)> = old.maglev.iter().map(|t| (t.generation, t.size)).collect();
+        self.take_down(
+            master_key,
+            old.slots.len(),
+            Some(old.rev_nat_id),
+            &tables,
+            false,
+        );
         self.release_all(&old.slots);
         Ok(true)
     }
 
     /// Best-effort removal of a frontend's entries (its master entry is
-    /// already gone unless `with_master`). Slots left behind by a failure
-    /// are harmless without a master and are swept as orphans on restart.
+    /// already gone unless `with_master`), including the Maglev `tables`
+    /// (generation, size) of its reverse-NAT id. Slots and chunks left
+    /// behind by a failure are harmless without a master entry naming them
+    /// and are swept as orphans on restart.
     fn take_down(
         &mut self,
         master: &ServiceKey,
         slots: usize,
         rev_nat: Option<u16>,
+        tables: &[(u8, u32)],
         with_master: bool,
     ) {
         if with_master {
@@ -765,6 +1190,14 @@ impl<M: LbMaps> Writer<M> {
         for slot in 1..=slots {
             if let Err(error) = self.maps.delete_service(&slot_key(master, slot)) {
                 debug!(frontend = %describe(master), slot, %error, "slot could not be removed");
+            }
+        }
+        if let Some(id) = rev_nat {
+            for &(generation, size) in tables {
+                if let Err(error) = self.delete_table(id, generation, size) {
+                    warn!(frontend = %describe(master), generation, %error,
+                          "Maglev table could not be removed");
+                }
             }
         }
         if let Some(id) = rev_nat {
@@ -861,6 +1294,16 @@ impl<M: LbMaps> Writer<M> {
                 }
             }
         }
+        for key in std::mem::take(&mut self.orphans.chunks) {
+            match self.maps.delete_maglev_chunk(&key) {
+                Ok(()) => swept.deleted += 1,
+                Err(error) => {
+                    swept.failed += 1;
+                    warn!(rev_nat_id = key.rev_nat_id, generation = key.generation,
+                          chunk = key.chunk, %error, "stale Maglev chunk could not be removed");
+                }
+            }
+        }
         for id in std::mem::take(&mut self.orphans.rev_nats) {
             match self.maps.delete_rev_nat(id) {
                 Ok(()) => swept.deleted += 1,
@@ -890,9 +1333,13 @@ impl<M: LbMaps> Writer<M> {
                 *refs.entry(*id).or_default() += 1;
             }
         }
-        // Slots recorded as holes may still name an orphan backend in the
-        // map; keep orphans until every hole has been rewritten.
-        let holes = self.frontends.values().any(|p| p.slots.contains(&0));
+        // Slots recorded as holes, and pinned tables that could not be
+        // checked, may still name an orphan backend in the map; keep
+        // orphans until every one of them has been rewritten.
+        let holes = self
+            .frontends
+            .values()
+            .any(|p| p.slots.contains(&0) || p.maglev.as_ref().is_some_and(|t| t.ids.is_empty()));
         let mut unused = if holes {
             Vec::new()
         } else {

@@ -60,9 +60,11 @@ pub enum ModelError {
         /// The object.
         object: ObjectRef,
     },
-    /// Two Services claim the same frontend (impossible in a real cluster,
-    /// where cluster IPs are allocated uniquely). The older Service (then the
-    /// first by namespace/name) keeps it; the other does not get it.
+    /// Two Services claim the same frontend: a cluster IP or node port
+    /// (impossible in a real cluster, where both are allocated uniquely), or
+    /// an external or load-balancer IP and port (user-chosen, so it can
+    /// happen). The older Service (then the first by namespace/name) keeps
+    /// it; the other does not get it.
     #[error(
         "{}: Service {loser}: frontend {key} is already used by Service {winner} (from {}); not serving it for {loser}",
         file.display(),

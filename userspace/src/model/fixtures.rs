@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig,
+    ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
+    ServiceStatus, SessionAffinityConfig,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -91,6 +92,57 @@ impl ServiceBuilder {
         };
         self.spec().ports.get_or_insert_with(Vec::new).push(port);
         self
+    }
+
+    /// Sets `nodePort` of the port added last (no-op without ports).
+    pub fn node_port(mut self, node_port: i32) -> Self {
+        if let Some(port) = self.spec().ports.as_mut().and_then(|p| p.last_mut()) {
+            port.node_port = Some(node_port);
+        }
+        self
+    }
+
+    /// Sets `spec.externalIPs`.
+    pub fn external_ips(mut self, ips: &[&str]) -> Self {
+        self.spec().external_ips = Some(ips.iter().map(|ip| (*ip).to_owned()).collect());
+        self
+    }
+
+    /// Sets `spec.externalTrafficPolicy`.
+    pub fn external_traffic_policy(mut self, policy: &str) -> Self {
+        self.spec().external_traffic_policy = Some(policy.to_owned());
+        self
+    }
+
+    /// Sets `spec.healthCheckNodePort`.
+    pub fn health_check_node_port(mut self, port: i32) -> Self {
+        self.spec().health_check_node_port = Some(port);
+        self
+    }
+
+    /// Adds a `status.loadBalancer.ingress[]` entry with this `ip` (empty:
+    /// unset), `ipMode` (empty: unset) and `hostname` (empty: unset).
+    pub fn ingress(mut self, ip: &str, ip_mode: &str, hostname: &str) -> Self {
+        let some = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        self.service
+            .status
+            .get_or_insert_with(ServiceStatus::default)
+            .load_balancer
+            .get_or_insert_with(LoadBalancerStatus::default)
+            .ingress
+            .get_or_insert_with(Vec::new)
+            .push(LoadBalancerIngress {
+                ip: some(ip),
+                ip_mode: some(ip_mode),
+                hostname: some(hostname),
+                ports: None,
+            });
+        self
+    }
+
+    /// Adds a `status.loadBalancer.ingress[]` entry with just an `ip`.
+    pub fn ingress_ip(self, ip: &str) -> Self {
+        self.ingress(ip, "", "")
     }
 
     /// Sets `spec.type`.
@@ -217,6 +269,16 @@ impl SliceBuilder {
     /// Adds a ready endpoint (conditions as the controller sets them).
     pub fn ready(self, address: &str) -> Self {
         self.endpoint(address, Some(true), Some(true), Some(false), None)
+    }
+
+    /// Adds a ready endpoint on node `node`.
+    pub fn ready_on(self, address: &str, node: &str) -> Self {
+        self.endpoint(address, Some(true), Some(true), Some(false), Some(node))
+    }
+
+    /// Adds a serving, terminating (so not ready) endpoint on node `node`.
+    pub fn terminating_on(self, address: &str, node: &str) -> Self {
+        self.endpoint(address, Some(false), Some(true), Some(true), Some(node))
     }
 
     /// Adds an endpoint with these addresses and no conditions.

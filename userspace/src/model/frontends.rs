@@ -4,48 +4,152 @@
 //! pkg/proxy/endpointslicecache.go (which slice port feeds which Service port)
 //! and pkg/proxy/topology.go `CategorizeEndpoints` (ready, then
 //! serving-terminating fallback; node-local endpoints for
-//! `internalTrafficPolicy: Local`).
+//! `internalTrafficPolicy: Local` and `externalTrafficPolicy: Local`).
+//!
+//! Which frontends a Service port gets (pkg/proxy/iptables/proxier.go):
+//! - each cluster IP: internal scope, endpoints per `internalTrafficPolicy`;
+//! - its `nodePort` (NodePort and LoadBalancer Services), each
+//!   `status.loadBalancer.ingress[].ip` and each `spec.externalIPs` entry:
+//!   an internal frontend with every endpoint of the cluster (kube-proxy
+//!   sends in-cluster clients of these addresses to the cluster-wide
+//!   endpoints even with `externalTrafficPolicy: Local`, its "short
+//!   circuit"), and an external one with the endpoints
+//!   `externalTrafficPolicy` allows.
 
 use std::net::Ipv4Addr;
 
 use super::service::{ServiceInfo, ServicePort};
 use super::slice::{SliceInfo, SlicePort};
-use super::types::{BackendAddr, Frontend, FrontendKey, FrontendKind};
+use super::types::{BackendAddr, Frontend, FrontendKey, FrontendKind, Scope};
+
+/// Which endpoints a frontend balances to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Every endpoint in the cluster (ready ones, else serving-terminating).
+    Cluster,
+    /// Only this node's endpoints (ready ones, else serving-terminating
+    /// ones), for a `Local` traffic policy.
+    Local,
+}
+
+/// The endpoints a frontend of `kind` in `scope` uses under the Service's
+/// traffic policies.
+pub fn endpoints_for(service: &ServiceInfo, kind: FrontendKind, scope: Scope) -> Endpoints {
+    endpoints(service.internal_local, service.external_local, kind, scope)
+}
+
+/// [`endpoints_for`] from the two policies alone (the store keeps only these).
+pub(super) fn endpoints(
+    internal_local: bool,
+    external_local: bool,
+    kind: FrontendKind,
+    scope: Scope,
+) -> Endpoints {
+    let local = match (kind, scope) {
+        (FrontendKind::ClusterIp, _) => internal_local,
+        (_, Scope::Internal) => false,
+        (_, Scope::External) => external_local,
+    };
+    if local {
+        Endpoints::Local
+    } else {
+        Endpoints::Cluster
+    }
+}
 
 /// The frontends a Service defines given all slices of the Service (slices
-/// of other Services must not be passed). One frontend per cluster IP × port;
-/// none for Services that are not proxied.
+/// of other Services must not be passed); none for Services that are not
+/// proxied. See the module documentation for which.
 pub fn build_frontends(service: &ServiceInfo, slices: &[&SliceInfo]) -> Vec<Frontend> {
-    let mut frontends = Vec::with_capacity(service.cluster_ips.len() * service.ports.len());
-    for (i, key) in frontend_keys(service) {
+    let keys = frontend_keys(service);
+    let mut frontends = Vec::with_capacity(keys.len());
+    // Per port: (cluster-wide, local) backends, computed when first needed.
+    let mut cache: Vec<[Option<Vec<BackendAddr>>; 2]> = vec![[None, None]; service.ports.len()];
+    for (i, kind, key) in keys {
         let port = &service.ports[i];
+        let which = endpoints_for(service, kind, key.scope);
+        let slot = &mut cache[i][which as usize];
+        let backends = slot
+            .get_or_insert_with(|| select_backends(port, which == Endpoints::Local, slices))
+            .clone();
         frontends.push(Frontend {
             key,
-            kind: FrontendKind::ClusterIp,
+            kind,
             service: service.id.clone(),
             port_name: port.name.clone(),
-            backends: select_backends(port, service.internal_local, slices),
+            backends,
             affinity_timeout: service.affinity_timeout,
+            external_local: key.scope == Scope::External && service.external_local,
         });
     }
     frontends
 }
 
 /// The frontend keys a Service claims, each with the index of its port in
-/// `service.ports`: every cluster IP × every port.
-pub fn frontend_keys(service: &ServiceInfo) -> impl Iterator<Item = (usize, FrontendKey)> + '_ {
-    service.ports.iter().enumerate().flat_map(move |(i, port)| {
-        service.cluster_ips.iter().map(move |&address| {
-            (
+/// `service.ports` and its kind, without duplicates (an address listed both
+/// as external and load-balancer IP keeps the first kind, in the order
+/// cluster IP, NodePort, load-balancer IP, external IP).
+pub fn frontend_keys(service: &ServiceInfo) -> Vec<(usize, FrontendKind, FrontendKey)> {
+    let mut keys: Vec<(usize, FrontendKind, FrontendKey)> = Vec::with_capacity(
+        service.ports.len()
+            * (service.cluster_ips.len()
+                + 2 * (1 + service.load_balancer_ips.len() + service.external_ips.len())),
+    );
+    let mut push = |i: usize, kind, key: FrontendKey| {
+        if !keys.iter().any(|(_, _, k)| *k == key) {
+            keys.push((i, kind, key));
+        }
+    };
+    for (i, port) in service.ports.iter().enumerate() {
+        let (number, protocol) = (port.port, port.protocol);
+        for &address in &service.cluster_ips {
+            push(
                 i,
-                FrontendKey {
-                    address,
-                    port: port.port,
-                    protocol: port.protocol,
-                },
-            )
-        })
-    })
+                FrontendKind::ClusterIp,
+                FrontendKey::internal(address, number, protocol),
+            );
+        }
+        if let Some(node_port) = port.node_port {
+            let address = FrontendKey::NODEPORT_ADDRESS;
+            push(
+                i,
+                FrontendKind::NodePort,
+                FrontendKey::internal(address, node_port, protocol),
+            );
+            push(
+                i,
+                FrontendKind::NodePort,
+                FrontendKey::external(address, node_port, protocol),
+            );
+        }
+        for lb in &service.load_balancer_ips {
+            if !lb.proxy {
+                push(
+                    i,
+                    FrontendKind::LoadBalancer,
+                    FrontendKey::internal(lb.address, number, protocol),
+                );
+            }
+            push(
+                i,
+                FrontendKind::LoadBalancer,
+                FrontendKey::external(lb.address, number, protocol),
+            );
+        }
+        for &address in &service.external_ips {
+            push(
+                i,
+                FrontendKind::ExternalIp,
+                FrontendKey::internal(address, number, protocol),
+            );
+            push(
+                i,
+                FrontendKind::ExternalIp,
+                FrontendKey::external(address, number, protocol),
+            );
+        }
+    }
+    keys
 }
 
 /// The slice port feeding `port`, if any.
@@ -129,6 +233,7 @@ pub fn select_backends(
         address: c.address,
         port: c.port,
         terminating,
+        local: c.local,
     };
     let ready: Vec<BackendAddr> = candidates
         .iter()
@@ -151,7 +256,7 @@ mod tests {
     use crate::model::fixtures::{ServiceBuilder, SliceBuilder, TargetPort};
     use crate::model::service::service_from_k8s;
     use crate::model::slice::slice_from_k8s;
-    use crate::model::types::Protocol;
+    use crate::model::types::{Protocol, Scope};
 
     fn service(builder: ServiceBuilder) -> ServiceInfo {
         service_from_k8s(&builder.build())
@@ -420,12 +525,180 @@ mod tests {
         assert!(build_frontends(&svc, &[&s]).is_empty());
     }
 
+    /// Frontend key → kind, backends (`*` marks local ones) and the
+    /// external-local mark.
+    fn render_all(frontends: &[Frontend]) -> Vec<String> {
+        frontends
+            .iter()
+            .map(|f| {
+                let backends: Vec<String> = f
+                    .backends
+                    .iter()
+                    .map(|b| format!("{b}{}", if b.local { "*" } else { "" }))
+                    .collect();
+                format!(
+                    "{} {}{} [{}]",
+                    f.key,
+                    f.kind,
+                    if f.external_local { " local" } else { "" },
+                    backends.join(", ")
+                )
+            })
+            .collect()
+    }
+
+    fn lb() -> ServiceBuilder {
+        web()
+            .type_("LoadBalancer")
+            .port("http", 80, "TCP", TargetPort::Number(8080))
+            .node_port(30080)
+            .ingress_ip("198.18.150.1")
+            .external_ips(&["198.18.100.1"])
+    }
+
+    fn two_nodes() -> SliceInfo {
+        slice(
+            web_slice("a")
+                .port(Some("http"), 8080, "TCP")
+                .ready_on("10.1.0.1", "this-node")
+                .ready_on("10.2.0.1", "other-node"),
+        )
+    }
+
+    #[test]
+    fn every_kind_with_internal_and_external_scope() {
+        let svc = service(lb());
+        assert_eq!(
+            render_all(&build_frontends(&svc, &[&two_nodes()])),
+            [
+                "198.18.200.10:80/TCP ClusterIP [10.1.0.1:8080*, 10.2.0.1:8080]",
+                "0.0.0.0:30080/TCP NodePort [10.1.0.1:8080*, 10.2.0.1:8080]",
+                "0.0.0.0:30080/TCP external NodePort [10.1.0.1:8080*, 10.2.0.1:8080]",
+                "198.18.150.1:80/TCP LoadBalancer [10.1.0.1:8080*, 10.2.0.1:8080]",
+                "198.18.150.1:80/TCP external LoadBalancer [10.1.0.1:8080*, 10.2.0.1:8080]",
+                "198.18.100.1:80/TCP ExternalIP [10.1.0.1:8080*, 10.2.0.1:8080]",
+                "198.18.100.1:80/TCP external ExternalIP [10.1.0.1:8080*, 10.2.0.1:8080]",
+            ]
+        );
+    }
+
+    #[test]
+    fn external_traffic_policy_local_limits_only_external_frontends() {
+        let svc = service(lb().external_traffic_policy("Local"));
+        assert_eq!(
+            render_all(&build_frontends(&svc, &[&two_nodes()])),
+            [
+                "198.18.200.10:80/TCP ClusterIP [10.1.0.1:8080*, 10.2.0.1:8080]",
+                // In-cluster clients are short-circuited to every endpoint.
+                "0.0.0.0:30080/TCP NodePort [10.1.0.1:8080*, 10.2.0.1:8080]",
+                "0.0.0.0:30080/TCP external NodePort local [10.1.0.1:8080*]",
+                "198.18.150.1:80/TCP LoadBalancer [10.1.0.1:8080*, 10.2.0.1:8080]",
+                "198.18.150.1:80/TCP external LoadBalancer local [10.1.0.1:8080*]",
+                "198.18.100.1:80/TCP ExternalIP [10.1.0.1:8080*, 10.2.0.1:8080]",
+                "198.18.100.1:80/TCP external ExternalIP local [10.1.0.1:8080*]",
+            ]
+        );
+    }
+
+    #[test]
+    fn external_local_falls_back_to_local_terminating_then_nothing() {
+        let svc = service(
+            web()
+                .type_("NodePort")
+                .port("http", 80, "TCP", TargetPort::Unset)
+                .node_port(30080)
+                .external_traffic_policy("Local"),
+        );
+        let external = |s: &SliceInfo| {
+            build_frontends(&svc, &[s])
+                .into_iter()
+                .find(|f| f.key.scope == Scope::External)
+                .map(|f| {
+                    f.backends
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                })
+        };
+        // Local ready wins over local terminating.
+        let s = slice(
+            web_slice("a")
+                .port(Some("http"), 80, "TCP")
+                .ready_on("10.1.0.1", "this-node")
+                .terminating_on("10.1.0.2", "this-node")
+                .ready_on("10.2.0.1", "other-node"),
+        );
+        assert_eq!(external(&s), Some(strings(&["10.1.0.1:80"])));
+        // Only a terminating local one: it is used, not the remote ready one.
+        let s = slice(
+            web_slice("a")
+                .port(Some("http"), 80, "TCP")
+                .terminating_on("10.1.0.2", "this-node")
+                .ready_on("10.2.0.1", "other-node"),
+        );
+        assert_eq!(external(&s), Some(strings(&["10.1.0.2:80 (terminating)"])));
+        // Nothing local: no backend (the datapath drops).
+        let s = slice(
+            web_slice("a")
+                .port(Some("http"), 80, "TCP")
+                .ready_on("10.2.0.1", "other-node"),
+        );
+        assert_eq!(external(&s), Some(vec![]));
+    }
+
+    #[test]
+    fn proxy_mode_ingress_ips_get_no_internal_frontend() {
+        let svc = service(
+            web()
+                .type_("LoadBalancer")
+                .port("http", 80, "TCP", TargetPort::Unset)
+                .ingress("198.18.150.2", "Proxy", ""),
+        );
+        let keys: Vec<String> = frontend_keys(&svc)
+            .iter()
+            .map(|(_, kind, key)| format!("{key} {kind}"))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "198.18.200.10:80/TCP ClusterIP",
+                "198.18.150.2:80/TCP external LoadBalancer",
+            ],
+            "no nodePort set (allocateLoadBalancerNodePorts: false): no NodePort frontend"
+        );
+    }
+
+    #[test]
+    fn an_address_listed_twice_is_one_frontend_of_the_first_kind() {
+        let svc = service(
+            web()
+                .type_("LoadBalancer")
+                .port("http", 80, "TCP", TargetPort::Unset)
+                .ingress_ip("198.18.150.1")
+                .external_ips(&["198.18.150.1", "198.18.200.10"]),
+        );
+        let keys: Vec<String> = frontend_keys(&svc)
+            .iter()
+            .map(|(_, kind, key)| format!("{key} {kind}"))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "198.18.200.10:80/TCP ClusterIP",
+                "198.18.150.1:80/TCP LoadBalancer",
+                "198.18.150.1:80/TCP external LoadBalancer",
+                "198.18.200.10:80/TCP external ExternalIP",
+            ]
+        );
+    }
+
     #[test]
     fn match_port_respects_protocol() {
         let port = ServicePort {
             name: "p".into(),
             port: 1,
             protocol: Protocol::Udp,
+            node_port: None,
             target_port_name: None,
         };
         let s = slice(

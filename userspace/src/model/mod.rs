@@ -1,5 +1,8 @@
 //! The load-balancing model: pure functions and an incremental store from
-//! Services and EndpointSlices to the desired frontends (kube-proxy semantics).
+//! Services and EndpointSlices to the desired frontends (kube-proxy semantics):
+//! cluster IPs, NodePorts, load-balancer and external IPs, each in the
+//! scope (socket hooks or tc/XDP) and with the endpoints the traffic
+//! policies allow, plus the `healthCheckNodePort`s to serve.
 //!
 //! k8s objects are converted to compact types right away ([`ServiceInfo`],
 //! [`SliceInfo`], wrapped in [`ModelObject`]); the [`ServiceStore`] never
@@ -19,14 +22,16 @@ mod store;
 mod types;
 
 pub use error::ModelError;
-pub use frontends::{build_frontends, frontend_keys, match_port, select_backends};
+pub use frontends::{
+    build_frontends, endpoints_for, frontend_keys, match_port, select_backends, Endpoints,
+};
 pub use object::ModelObject;
 pub use service::{
-    parse_ipv4, service_from_k8s, Converted, ServiceInfo, ServicePort, DEFAULT_AFFINITY_TIMEOUT,
-    LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, MAX_AFFINITY_TIMEOUT,
+    parse_ipv4, service_from_k8s, Converted, LoadBalancerIp, ServiceInfo, ServicePort, ServiceType,
+    DEFAULT_AFFINITY_TIMEOUT, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, MAX_AFFINITY_TIMEOUT,
 };
 pub use slice::{slice_from_k8s, SliceEndpoint, SliceInfo, SlicePort, LABEL_SERVICE_NAME};
 pub use store::{Changes, ServiceStore};
 pub use types::{
-    BackendAddr, Frontend, FrontendKey, FrontendKind, HealthCheck, Protocol, ServiceId,
+    BackendAddr, Frontend, FrontendKey, FrontendKind, HealthCheck, Protocol, Scope, ServiceId,
 };

@@ -41,8 +41,47 @@ pub struct ServiceInfo {
     /// `internalTrafficPolicy: Local`: cluster-IP traffic only goes to
     /// endpoints on this node.
     pub internal_local: bool,
+    /// `spec.type` (ExternalName Services are ignored before this matters).
+    pub type_: ServiceType,
+    /// `spec.externalIPs` that the datapath can serve (IPv4, deduplicated).
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` of a `type: LoadBalancer` Service
+    /// (IPv4, deduplicated).
+    pub load_balancer_ips: Vec<LoadBalancerIp>,
+    /// `externalTrafficPolicy: Local` applies: traffic from outside the
+    /// cluster to NodePort, load-balancer and external IPs only goes to
+    /// endpoints on this node. As kube-proxy (`ExternalPolicyLocal`), only
+    /// for NodePort/LoadBalancer Services and Services with externalIPs.
+    pub external_local: bool,
+    /// `spec.healthCheckNodePort`, kept only where kube-proxy serves it
+    /// (`type: LoadBalancer` with `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
     /// Why the Service produces no frontends on purpose, for debug logs.
     pub ignored: Option<&'static str>,
+}
+
+/// `spec.type`, for the types that are proxied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    /// `ClusterIP` (the default).
+    #[default]
+    ClusterIp,
+    /// `NodePort`.
+    NodePort,
+    /// `LoadBalancer`.
+    LoadBalancer,
+}
+
+/// One `status.loadBalancer.ingress[]` address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadBalancerIp {
+    /// `ip`.
+    pub address: Ipv4Addr,
+    /// `ipMode: Proxy`: the load balancer proxies (e.g. terminates TLS or
+    /// adds PROXY protocol), so in-cluster clients must reach it rather than
+    /// be short-circuited to the endpoints (KEP-1860). Such an address gets
+    /// an external frontend only.
+    pub proxy: bool,
 }
 
 /// One Service port the datapath can serve.
@@ -52,6 +91,9 @@ pub struct ServicePort {
     pub name: String,
     /// `port`.
     pub port: u16,
+    /// `nodePort` of a NodePort or LoadBalancer Service, if set (it is not
+    /// with `allocateLoadBalancerNodePorts: false`).
+    pub node_port: Option<u16>,
     /// `protocol` (TCP when absent).
     pub protocol: Protocol,
     /// `targetPort` when it is a name (used only as a matching fallback).
@@ -86,6 +128,11 @@ pub fn service_from_k8s(service: &Service) -> Result<Converted<ServiceInfo>, Str
         ports: Vec::new(),
         affinity_timeout: 0,
         internal_local: false,
+        type_: ServiceType::ClusterIp,
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        external_local: false,
+        health_check_node_port: None,
         ignored: None,
     };
     let mut warnings = Vec::new();
@@ -112,8 +159,10 @@ pub fn service_from_k8s(service: &Service) -> Result<Converted<ServiceInfo>, Str
         });
     };
 
-    match spec.type_.as_deref() {
-        None | Some("ClusterIP" | "NodePort" | "LoadBalancer") => {}
+    info.type_ = match spec.type_.as_deref() {
+        None | Some("ClusterIP") => ServiceType::ClusterIp,
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
         // ExternalName Services are DNS-only (kube-proxy: ShouldSkipService).
         Some("ExternalName") => {
             info.ignored = Some("type ExternalName");
@@ -123,7 +172,7 @@ pub fn service_from_k8s(service: &Service) -> Result<Converted<ServiceInfo>, Str
             });
         }
         Some(other) => return Err(format!("spec.type: unsupported value {other:?}")),
-    }
+    };
 
     // kube-proxy uses spec.clusterIPs (dual-stack), which the API server fills
     // from spec.clusterIP; hand-written manifests often only set the latter.
@@ -163,6 +212,7 @@ pub fn service_from_k8s(service: &Service) -> Result<Converted<ServiceInfo>, Str
     }
 
     let mut seen = HashSet::new();
+    let mut seen_node_ports = HashSet::new();
     for (i, port) in spec.ports.iter().flatten().enumerate() {
         let number = u16::try_from(port.port)
             .ok()
@@ -193,10 +243,32 @@ pub fn service_from_k8s(service: &Service) -> Result<Converted<ServiceInfo>, Str
             Some(IntOrString::String(name)) if !name.is_empty() => Some(name.clone()),
             _ => None,
         };
+        let node_port = match port.node_port {
+            None | Some(0) => None,
+            // API validation: nodePort is forbidden on ClusterIP Services.
+            Some(_) if info.type_ == ServiceType::ClusterIp => {
+                return Err(format!(
+                    "spec.ports[{i}].nodePort: may not be used when spec.type is ClusterIP"
+                ));
+            }
+            Some(n) => {
+                let n = u16::try_from(n).ok().ok_or_else(|| {
+                    format!("spec.ports[{i}].nodePort: {n} is out of range 1-65535")
+                })?;
+                // API validation: a node port serves one port per protocol.
+                if !seen_node_ports.insert((n, protocol)) {
+                    return Err(format!(
+                        "spec.ports[{i}].nodePort: duplicate node port {n}/{protocol}"
+                    ));
+                }
+                Some(n)
+            }
+        };
         info.ports.push(ServicePort {
             name: port.name.clone().unwrap_or_default(),
             port: number,
             protocol,
+            node_port,
             target_port_name,
         });
     }
@@ -233,13 +305,119 @@ pub fn service_from_k8s(service: &Service) -> Result<Converted<ServiceInfo>, Str
             ));
         }
     };
+
+    let raw_external_ips = spec.external_ips.as_deref().unwrap_or_default();
+    for (i, ip) in raw_external_ips.iter().enumerate() {
+        let field = || format!("spec.externalIPs[{i}]");
+        if let Some(ip) = usable_ip(ip, field, &mut warnings) {
+            if !info.external_ips.contains(&ip) {
+                info.external_ips.push(ip);
+            }
+        }
+    }
+    if info.type_ == ServiceType::LoadBalancer {
+        let ingress = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_deref())
+            .unwrap_or_default();
+        for (i, entry) in ingress.iter().enumerate() {
+            // Hostname-only entries (e.g. AWS ELB) have no address to serve.
+            let Some(ip) = entry.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+                continue;
+            };
+            let field = || format!("status.loadBalancer.ingress[{i}].ip");
+            let Some(address) = usable_ip(ip, field, &mut warnings) else {
+                continue;
+            };
+            if !info.load_balancer_ips.iter().any(|l| l.address == address) {
+                info.load_balancer_ips.push(LoadBalancerIp {
+                    address,
+                    proxy: entry.ip_mode.as_deref() == Some("Proxy"),
+                });
+            }
+        }
+    }
+
+    let etp_local = match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            return Err(format!(
+                "spec.externalTrafficPolicy: unsupported value {other:?}"
+            ));
+        }
+    };
+    // kube-proxy's ExternalPolicyLocal: the policy means nothing for a
+    // ClusterIP Service without external IPs (nothing external reaches it).
+    info.external_local =
+        etp_local && (info.type_ != ServiceType::ClusterIp || !raw_external_ips.is_empty());
+    let needs_health_check = info.type_ == ServiceType::LoadBalancer && info.external_local;
+    match spec.health_check_node_port {
+        None | Some(0) => {}
+        Some(port) if needs_health_check => {
+            let port = u16::try_from(port).ok().ok_or_else(|| {
+                format!("spec.healthCheckNodePort: {port} is out of range 1-65535")
+            })?;
+            info.health_check_node_port = Some(port);
+        }
+        // API validation (and kube-proxy's NeedsHealthCheck).
+        Some(_) => {
+            return Err(
+                "spec.healthCheckNodePort: may only be set when spec.type is \
+                        LoadBalancer and spec.externalTrafficPolicy is Local"
+                    .to_owned(),
+            );
+        }
+    }
     // Kept for as long as the Service exists: no spare capacity.
     info.cluster_ips.shrink_to_fit();
     info.ports.shrink_to_fit();
+    info.external_ips.shrink_to_fit();
+    info.load_balancer_ips.shrink_to_fit();
     Ok(Converted {
         value: info,
         warnings,
     })
+}
+
+/// An external or load-balancer IP the datapath can serve. IPv6 addresses
+/// are skipped silently (the datapath is IPv4-only, as for cluster IPs);
+/// anything else unusable is a warning naming `field`, and only that
+/// address is lost.
+fn usable_ip(
+    text: &str,
+    field: impl FnOnce() -> String,
+    warnings: &mut Vec<String>,
+) -> Option<Ipv4Addr> {
+    let Some(ip) = parse_ipv4(text) else {
+        if text.parse::<Ipv6Addr>().is_err() {
+            warnings.push(format!(
+                "{}: invalid IP address {text:?}; not served",
+                field()
+            ));
+        }
+        return None;
+    };
+    // The API server's ValidateNonSpecialIP: these never reach a node from
+    // outside, and 0.0.0.0 is the NodePort key address.
+    let special = if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_link_local() {
+        Some("a link-local address")
+    } else if ip.is_multicast() || ip.is_broadcast() {
+        Some("not a unicast address")
+    } else {
+        None
+    };
+    if let Some(why) = special {
+        warnings.push(format!("{}: {ip} is {why}; not served", field()));
+        return None;
+    }
+    Some(ip)
 }
 
 /// Parses an IPv4 address like Kubernetes' `ParseIPSloppy`: leading zeros
@@ -448,6 +626,183 @@ mod tests {
         assert_eq!(info.created, Some(1_700_000_000));
         assert!(info.internal_local);
         assert!(convert(web().internal_traffic_policy("Sometimes")).is_err());
+    }
+
+    fn lb() -> ServiceBuilder {
+        web()
+            .type_("LoadBalancer")
+            .port("http", 80, "TCP", TargetPort::Unset)
+            .node_port(30080)
+    }
+
+    #[test]
+    fn node_ports_external_ips_and_load_balancer_status() {
+        let info = convert(
+            lb().port("dns", 53, "UDP", TargetPort::Unset)
+                .external_ips(&["198.18.100.1", "fd00::1", "198.18.100.1"])
+                .ingress("198.18.150.1", "", "")
+                .ingress("198.18.150.2", "Proxy", "")
+                .ingress("", "", "lb.example.com")
+                .ingress("fd00::2", "VIP", "")
+                .ingress("198.18.150.1", "VIP", ""),
+        )
+        .expect("valid");
+        assert!(info.warnings.is_empty(), "{:?}", info.warnings);
+        let info = info.value;
+        assert_eq!(info.type_, ServiceType::LoadBalancer);
+        let node_ports: Vec<_> = info.ports.iter().map(|p| p.node_port).collect();
+        assert_eq!(node_ports, [Some(30080), None], "dns has no nodePort");
+        assert_eq!(info.external_ips, [Ipv4Addr::new(198, 18, 100, 1)]);
+        assert_eq!(
+            info.load_balancer_ips,
+            [
+                LoadBalancerIp {
+                    address: Ipv4Addr::new(198, 18, 150, 1),
+                    proxy: false
+                },
+                LoadBalancerIp {
+                    address: Ipv4Addr::new(198, 18, 150, 2),
+                    proxy: true
+                },
+            ]
+        );
+        assert!(!info.external_local);
+        assert_eq!(info.health_check_node_port, None);
+    }
+
+    #[test]
+    fn load_balancer_status_only_counts_for_type_load_balancer() {
+        let info = convert(
+            web()
+                .type_("NodePort")
+                .port("", 80, "TCP", TargetPort::Unset)
+                .node_port(30080)
+                .ingress_ip("198.18.150.1"),
+        )
+        .expect("valid")
+        .value;
+        assert!(info.load_balancer_ips.is_empty());
+        assert_eq!(info.ports[0].node_port, Some(30080));
+    }
+
+    #[test]
+    fn unusable_external_and_status_ips_are_warnings_naming_the_field() {
+        let converted = convert(
+            lb().external_ips(&[
+                "nope",
+                "127.0.0.1",
+                "0.0.0.0",
+                "198.18.100.1",
+                "169.254.1.1",
+            ])
+            .ingress_ip("300.0.0.1")
+            .ingress_ip("224.0.0.1")
+            .ingress_ip("198.18.150.1"),
+        )
+        .expect("only those addresses are lost");
+        assert_eq!(
+            converted.warnings,
+            [
+                "spec.externalIPs[0]: invalid IP address \"nope\"; not served",
+                "spec.externalIPs[1]: 127.0.0.1 is a loopback address; not served",
+                "spec.externalIPs[2]: 0.0.0.0 is unspecified; not served",
+                "spec.externalIPs[4]: 169.254.1.1 is a link-local address; not served",
+                "status.loadBalancer.ingress[0].ip: invalid IP address \"300.0.0.1\"; not served",
+                "status.loadBalancer.ingress[1].ip: 224.0.0.1 is not a unicast address; not served",
+            ]
+        );
+        assert_eq!(
+            converted.value.external_ips,
+            [Ipv4Addr::new(198, 18, 100, 1)]
+        );
+        assert_eq!(converted.value.load_balancer_ips.len(), 1);
+    }
+
+    #[test]
+    fn external_traffic_policy_and_health_check_port() {
+        let local = convert(
+            lb().external_traffic_policy("Local")
+                .health_check_node_port(32000),
+        )
+        .expect("valid")
+        .value;
+        assert!(local.external_local);
+        assert_eq!(local.health_check_node_port, Some(32000));
+
+        // NodePort: Local applies, but there is no health check port.
+        let node_port = convert(
+            web()
+                .type_("NodePort")
+                .port("", 80, "TCP", TargetPort::Unset)
+                .node_port(30080)
+                .external_traffic_policy("Local"),
+        )
+        .expect("valid")
+        .value;
+        assert!(node_port.external_local);
+        assert_eq!(node_port.health_check_node_port, None);
+
+        // ClusterIP: only meaningful with external IPs (kube-proxy's
+        // ExternalPolicyLocal).
+        let plain = convert(web().external_traffic_policy("Local"))
+            .expect("valid")
+            .value;
+        assert!(!plain.external_local);
+        let with_ips = convert(
+            web()
+                .external_traffic_policy("Local")
+                .external_ips(&["198.18.100.1"]),
+        )
+        .expect("valid")
+        .value;
+        assert!(with_ips.external_local);
+    }
+
+    #[test]
+    fn invalid_node_port_fields_make_the_service_invalid() {
+        let cases = [
+            (
+                web()
+                    .port("", 80, "TCP", TargetPort::Unset)
+                    .node_port(30080),
+                "spec.ports[0].nodePort: may not be used when spec.type is ClusterIP",
+            ),
+            (
+                lb().port("b", 81, "TCP", TargetPort::Unset)
+                    .node_port(70000),
+                "spec.ports[1].nodePort: 70000 is out of range 1-65535",
+            ),
+            (
+                lb().port("b", 81, "TCP", TargetPort::Unset)
+                    .node_port(30080),
+                "spec.ports[1].nodePort: duplicate node port 30080/TCP",
+            ),
+            (
+                lb().external_traffic_policy("Nearby"),
+                "spec.externalTrafficPolicy: unsupported value \"Nearby\"",
+            ),
+            (
+                lb().health_check_node_port(32000),
+                "spec.healthCheckNodePort: may only be set when spec.type is \
+                 LoadBalancer and spec.externalTrafficPolicy is Local",
+            ),
+            (
+                lb().external_traffic_policy("Local")
+                    .health_check_node_port(-1),
+                "spec.healthCheckNodePort: -1 is out of range 1-65535",
+            ),
+        ];
+        for (builder, want) in cases {
+            assert_eq!(convert(builder).expect_err(want), want);
+        }
+        // The same node port over TCP and UDP is one port per protocol: fine.
+        let both = convert(
+            lb().port("u", 80, "UDP", TargetPort::Unset)
+                .node_port(30080),
+        )
+        .expect("valid")
+        .value;
+        assert_eq!(both.ports[1].node_port, Some(30080));
     }
 
     #[test]

@@ -12,18 +12,21 @@
 //! from the winning Service's ports and per-port backends.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
 use tracing::debug;
 
 use super::error::ModelError;
-use super::frontends::{frontend_keys, select_backends};
+use super::frontends::{endpoints, frontend_keys, match_port, select_backends, Endpoints};
 use super::object::ModelObject;
 use super::service::ServiceInfo;
 use super::slice::SliceInfo;
-use super::types::{BackendAddr, Frontend, FrontendKey, FrontendKind, ServiceId};
+use super::types::{
+    BackendAddr, Frontend, FrontendKey, FrontendKind, HealthCheck, Scope, ServiceId,
+};
 use crate::source::{DirChange, Kind, ObjectMapper, ObjectRef, ParsedFile, SourceError};
 
 /// What an update changed.
@@ -34,18 +37,24 @@ pub struct Changes {
     pub frontends: BTreeMap<FrontendKey, Option<Frontend>>,
     /// Problems found in the applied objects.
     pub errors: Vec<ModelError>,
+    /// [`ServiceStore::health_checks`] is not what it was before the
+    /// update: the health-check server should fetch it again. (Cheap to
+    /// test; the list itself is only built when a Service with a health
+    /// check was touched.)
+    pub health_checks_changed: bool,
 }
 
 impl Changes {
     /// Whether nothing changed and nothing was wrong.
     pub fn is_empty(&self) -> bool {
-        self.frontends.is_empty() && self.errors.is_empty()
+        self.frontends.is_empty() && self.errors.is_empty() && !self.health_checks_changed
     }
 
     /// Adds the changes of a later update (its values win).
     pub fn merge(&mut self, later: Changes) {
         self.frontends.extend(later.frontends);
         self.errors.extend(later.errors);
+        self.health_checks_changed |= later.health_checks_changed;
     }
 }
 
@@ -96,19 +105,35 @@ struct ServiceSlot {
 /// [`Frontend`] without looking at (possibly already replaced) definitions.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Built {
-    /// The keys claimed (cluster IPs × ports).
-    keys: Vec<FrontendKey>,
+    /// The keys claimed (see `frontend_keys`).
+    keys: Vec<BuiltKey>,
     /// Per Service port: what a frontend on that port looks like.
     ports: Vec<BuiltPort>,
     affinity_timeout: u32,
+    internal_local: bool,
+    external_local: bool,
+    /// `healthCheckNodePort` and the ready local endpoints it reports.
+    health: Option<(u16, u32)>,
 }
 
+/// One claimed key, with what it is and which port feeds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BuiltKey {
+    key: FrontendKey,
+    kind: FrontendKind,
+    /// Index into `Built::ports`.
+    port: u32,
+}
+
+/// One Service port's backends; only the lists some frontend uses are
+/// computed (most Services have only cluster-wide ones).
 #[derive(Debug, PartialEq, Eq)]
 struct BuiltPort {
-    port: u16,
-    protocol: super::types::Protocol,
     name: String,
-    backends: Box<[BackendAddr]>,
+    /// Every endpoint in the cluster ([`Endpoints::Cluster`]).
+    cluster: Option<Box<[BackendAddr]>>,
+    /// This node's endpoints ([`Endpoints::Local`]).
+    local: Option<Box<[BackendAddr]>>,
 }
 
 #[derive(Debug)]
@@ -201,6 +226,11 @@ pub struct ServiceStore {
     slice_ids: HashMap<Arc<SliceKey>, SliceIdx>,
     slices: Slab<SliceSlot>,
     claims: HashMap<FrontendKey, Claim>,
+    /// Services whose last build has a health check.
+    health_sids: BTreeSet<Sid>,
+    /// [`ServiceStore::health_checks`], rebuilt when one of
+    /// `health_sids` is touched.
+    health: Vec<HealthCheck>,
 }
 
 /// The objects of one file, converted.
@@ -216,14 +246,18 @@ struct Converted {
 
 impl ServiceStore {
     /// An empty store that does not know this node's name: Services with
-    /// `internalTrafficPolicy: Local` get no backends (like kube-proxy, no
-    /// endpoint can be local to an unknown node).
+    /// `internalTrafficPolicy: Local` get no backends, nor do the external
+    /// frontends of Services with `externalTrafficPolicy: Local`, and no
+    /// health check counts an endpoint (like kube-proxy, no endpoint can be
+    /// local to an unknown node).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// An empty store for the node `node_name` (endpoints whose `nodeName`
-    /// equals it are local).
+    /// An empty store for the node `node_name` (`--node-name`): endpoints
+    /// whose EndpointSlice `nodeName` equals it are local, which decides
+    /// the backends of `Local` traffic policies, `BackendAddr::local` and
+    /// the health-check counts.
     pub fn with_node_name(node_name: impl Into<String>) -> Self {
         ServiceStore {
             node_name: Some(node_name.into()),
@@ -299,6 +333,18 @@ impl ServiceStore {
         self.claims
             .iter()
             .filter_map(|(key, claim)| self.materialize(claim.winner, key))
+    }
+
+    /// The `healthCheckNodePort`s to serve on this node, sorted by Service:
+    /// one per `type: LoadBalancer` Service with `externalTrafficPolicy:
+    /// Local` and a health-check port, with its ready, non-terminating
+    /// endpoints on this node (kube-proxy's count; 0 when only terminating
+    /// ones are left, so load balancers steer away). Should two Services
+    /// claim one port (impossible in a real cluster, where the port is
+    /// allocated), the one that wins frontend conflicts keeps it. Refetch
+    /// when [`Changes::health_checks_changed`] says so.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        self.health.clone()
     }
 
     /// The desired frontend for `key`, if any.
@@ -526,17 +572,24 @@ impl ServiceStore {
 
         touched.sort_unstable();
         touched.dedup();
-        let frontends = self.recompute(&touched, &mut errors);
+        let mut health_touched = false;
+        let frontends = self.recompute(&touched, &mut errors, &mut health_touched);
         for sid in touched {
             self.free_service_if_unused(sid);
         }
+        let health_checks_changed = health_touched && self.refresh_health();
         debug!(
             path = %path.display(),
             frontends_changed = frontends.len(),
             errors = errors.len(),
+            health_checks_changed,
             "applied manifest file"
         );
-        Changes { frontends, errors }
+        Changes {
+            frontends,
+            errors,
+            health_checks_changed,
+        }
     }
 
     /// Replaces (or, with `None`, removes) `file`'s definition of a slice,
@@ -580,17 +633,19 @@ impl ServiceStore {
 
     /// Recomputes the frontends of `touched` Services (sorted) and re-decides
     /// every key they claimed or claim; returns the keys whose value changed.
+    /// Sets `health_touched` if a touched Service had or has a health check.
     fn recompute(
         &mut self,
         touched: &[Sid],
         errors: &mut Vec<ModelError>,
+        health_touched: &mut bool,
     ) -> BTreeMap<FrontendKey, Option<Frontend>> {
         let rebuilt: Vec<Built> = touched.iter().map(|&sid| self.build(sid)).collect();
         let mut affected = BTreeSet::new();
         for (&sid, built) in touched.iter().zip(&rebuilt) {
-            affected.extend(built.keys.iter().copied());
+            affected.extend(built.keys.iter().map(|k| k.key));
             if let Some(slot) = self.services.get(sid) {
-                affected.extend(slot.built.keys.iter().copied());
+                affected.extend(slot.built.keys.iter().map(|k| k.key));
             }
         }
         let before: Vec<(FrontendKey, Option<Sid>, Option<Frontend>)> = affected
@@ -610,12 +665,19 @@ impl ServiceStore {
                 .map(|s| std::mem::take(&mut s.built.keys))
                 .unwrap_or_default();
             for key in old_keys {
-                self.remove_claim(key, sid);
+                self.remove_claim(key.key, sid);
             }
         }
         for (&sid, built) in touched.iter().zip(rebuilt) {
-            for &key in &built.keys {
-                self.add_claim(key, sid);
+            for key in &built.keys {
+                self.add_claim(key.key, sid);
+            }
+            if self.health_sids.remove(&sid) {
+                *health_touched = true;
+            }
+            if built.health.is_some() {
+                self.health_sids.insert(sid);
+                *health_touched = true;
             }
             if let Some(slot) = self.services.get_mut(sid) {
                 slot.built = built;
@@ -652,7 +714,15 @@ impl ServiceStore {
             return Built::default();
         };
         let service = &def.value;
-        let mut keys: Vec<FrontendKey> = frontend_keys(service).map(|(_, key)| key).collect();
+        let mut keys: Vec<BuiltKey> = frontend_keys(service)
+            .into_iter()
+            .map(|(port, kind, key)| BuiltKey {
+                key,
+                kind,
+                // Ports come from a Vec the API server limits far below this.
+                port: u32::try_from(port).unwrap_or(u32::MAX),
+            })
+            .collect();
         keys.shrink_to_fit();
         if keys.is_empty() {
             return Built::default();
@@ -662,39 +732,90 @@ impl ServiceStore {
             .iter()
             .filter_map(|&idx| winner(&self.slices.get(idx)?.defs).map(|d| &d.value.info))
             .collect();
+        let uses = |port: usize, which: Endpoints| {
+            keys.iter().any(|k| {
+                k.port as usize == port
+                    && endpoints(
+                        service.internal_local,
+                        service.external_local,
+                        k.kind,
+                        k.key.scope,
+                    ) == which
+            })
+        };
         let ports = service
             .ports
             .iter()
-            .map(|port| BuiltPort {
-                port: port.port,
-                protocol: port.protocol,
+            .enumerate()
+            .map(|(i, port)| BuiltPort {
                 name: port.name.clone(),
-                backends: select_backends(port, service.internal_local, &slices).into_boxed_slice(),
+                cluster: uses(i, Endpoints::Cluster)
+                    .then(|| select_backends(port, false, &slices).into_boxed_slice()),
+                local: uses(i, Endpoints::Local)
+                    .then(|| select_backends(port, true, &slices).into_boxed_slice()),
             })
             .collect();
+        let health = service
+            .health_check_node_port
+            .map(|node_port| (node_port, local_ready_endpoints(service, &slices)));
         Built {
             keys,
             ports,
             affinity_timeout: service.affinity_timeout,
+            internal_local: service.internal_local,
+            external_local: service.external_local,
+            health,
         }
     }
 
     /// Assembles the frontend `key` of Service `sid` as last built.
     fn materialize(&self, sid: Sid, key: &FrontendKey) -> Option<Frontend> {
         let slot = self.services.get(sid)?;
-        let port = slot
-            .built
-            .ports
-            .iter()
-            .find(|p| p.port == key.port && p.protocol == key.protocol)?;
+        let built = &slot.built;
+        let claimed = built.keys.iter().find(|k| k.key == *key)?;
+        let port = built.ports.get(claimed.port as usize)?;
+        let backends = match endpoints(
+            built.internal_local,
+            built.external_local,
+            claimed.kind,
+            key.scope,
+        ) {
+            Endpoints::Cluster => port.cluster.as_deref(),
+            Endpoints::Local => port.local.as_deref(),
+        };
         Some(Frontend {
             key: *key,
-            kind: FrontendKind::ClusterIp,
+            kind: claimed.kind,
             service: ServiceId::clone(&slot.id),
             port_name: port.name.clone(),
-            backends: port.backends.to_vec(),
-            affinity_timeout: slot.built.affinity_timeout,
+            backends: backends.map(<[BackendAddr]>::to_vec).unwrap_or_default(),
+            affinity_timeout: built.affinity_timeout,
+            external_local: key.scope == Scope::External && built.external_local,
         })
+    }
+
+    /// Rebuilds [`health_checks`](Self::health_checks) from `health_sids`;
+    /// returns whether it changed.
+    fn refresh_health(&mut self) -> bool {
+        let mut sids: Vec<Sid> = self.health_sids.iter().copied().collect();
+        sids.sort_by(|&a, &b| precedence(&self.services, a, b));
+        let mut ports = HashSet::new();
+        let mut checks: Vec<HealthCheck> = sids
+            .into_iter()
+            .filter_map(|sid| {
+                let slot = self.services.get(sid)?;
+                let (node_port, local) = slot.built.health?;
+                ports.insert(node_port).then(|| HealthCheck {
+                    service: ServiceId::clone(&slot.id),
+                    node_port,
+                    local_endpoints: local as usize,
+                })
+            })
+            .collect();
+        checks.sort();
+        let changed = checks != self.health;
+        self.health = checks;
+        changed
     }
 
     /// Inserts `sid` among `key`'s claimants by precedence.
@@ -875,8 +996,8 @@ impl ServiceStore {
             .keys
             .iter()
             .filter_map(|key| {
-                let winner = self.claims.get(key)?.winner;
-                (winner != sid).then(|| self.conflict(*key, sid, winner))
+                let winner = self.claims.get(&key.key)?.winner;
+                (winner != sid).then(|| self.conflict(key.key, sid, winner))
             })
             .collect()
     }
@@ -901,6 +1022,22 @@ impl ServiceStore {
             winner_file,
         }
     }
+}
+
+/// The health-check count of a Service: distinct addresses of its ready,
+/// non-terminating endpoints on this node, in slices that feed one of its
+/// ports (kube-proxy's `LocalReadyEndpoints`).
+fn local_ready_endpoints(service: &ServiceInfo, slices: &[&SliceInfo]) -> u32 {
+    let mut addresses: Vec<Ipv4Addr> = slices
+        .iter()
+        .filter(|slice| service.ports.iter().any(|p| match_port(p, slice).is_some()))
+        .flat_map(|slice| &slice.endpoints)
+        .filter(|e| e.local && e.ready && !e.terminating)
+        .map(|e| e.address)
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    u32::try_from(addresses.len()).unwrap_or(u32::MAX)
 }
 
 /// Which of two Services claiming one frontend wins: the older one

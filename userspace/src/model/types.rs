@@ -71,21 +71,83 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// What the datapath matches on: destination address, port and protocol.
-/// Displays as `1.2.3.4:80/TCP`.
+/// Which datapath hooks look a frontend up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// The socket hooks: traffic that starts on the node or in its pods
+    /// (`SCOPE_INTERNAL`).
+    Internal,
+    /// The tc/XDP programs: traffic arriving on the node's devices
+    /// (`SCOPE_EXTERNAL`).
+    External,
+}
+
+impl Scope {
+    /// `internal` or `external`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Internal => "internal",
+            Scope::External => "external",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the datapath matches on: destination address, port, protocol and
+/// which hooks look it up. Displays as `1.2.3.4:80/TCP` (internal scope) or
+/// `0.0.0.0:30080/TCP external`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendKey {
-    /// Destination address (a cluster IP, for now).
+    /// Destination address: a cluster IP, an external or load-balancer IP,
+    /// or [`FrontendKey::NODEPORT_ADDRESS`] for NodePort frontends (which
+    /// answer on every node address).
     pub address: Ipv4Addr,
-    /// Destination port.
+    /// Destination port (the `nodePort` for NodePort frontends).
     pub port: u16,
     /// Transport protocol.
     pub protocol: Protocol,
+    /// Which hooks look it up.
+    pub scope: Scope,
+}
+
+impl FrontendKey {
+    /// The key address of NodePort frontends (`NODEPORT_ADDRESS` in the map
+    /// contract).
+    pub const NODEPORT_ADDRESS: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
+    /// An internal-scope key (what cluster IPs use).
+    pub fn internal(address: Ipv4Addr, port: u16, protocol: Protocol) -> Self {
+        FrontendKey {
+            address,
+            port,
+            protocol,
+            scope: Scope::Internal,
+        }
+    }
+
+    /// An external-scope key.
+    pub fn external(address: Ipv4Addr, port: u16, protocol: Protocol) -> Self {
+        FrontendKey {
+            address,
+            port,
+            protocol,
+            scope: Scope::External,
+        }
+    }
 }
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.address, self.port, self.protocol)
+        write!(f, "{}:{}/{}", self.address, self.port, self.protocol)?;
+        if self.scope == Scope::External {
+            f.write_str(" external")?;
+        }
+        Ok(())
     }
 }
 
@@ -101,6 +163,9 @@ pub struct BackendAddr {
     /// is serving but terminating (KEP-1669 fallback). False for every
     /// backend of a frontend that has ready endpoints.
     pub terminating: bool,
+    /// The endpoint runs on this node (its EndpointSlice `nodeName` is the
+    /// store's node name): the datapath reaches it without SNAT or DSR.
+    pub local: bool,
 }
 
 impl fmt::Display for BackendAddr {
@@ -113,19 +178,41 @@ impl fmt::Display for BackendAddr {
     }
 }
 
-/// How traffic reaches a frontend. Only cluster IPs exist today; NodePort,
-/// external IPs and load-balancer IPs will be added as variants, each with
-/// its own key address (and node-local endpoint rules).
+/// How traffic reaches a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FrontendKind {
     /// `spec.clusterIPs`: reachable from inside the cluster.
     ClusterIp,
+    /// `spec.ports[].nodePort` on every node address.
+    NodePort,
+    /// `status.loadBalancer.ingress[].ip` of a `type: LoadBalancer` Service.
+    LoadBalancer,
+    /// `spec.externalIPs`.
+    ExternalIp,
+}
+
+impl FrontendKind {
+    /// The Kubernetes-style name: `ClusterIP`, `NodePort`, `LoadBalancer`, `ExternalIP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::ExternalIp => "ExternalIP",
+        }
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The desired state of one frontend: where it points and how to balance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
-    /// The address/port/protocol matched in the datapath.
+    /// The address/port/protocol/scope matched in the datapath.
     pub key: FrontendKey,
     /// How traffic reaches this frontend.
     pub kind: FrontendKind,
@@ -134,10 +221,15 @@ pub struct Frontend {
     /// The Service port's name (`""` if unnamed).
     pub port_name: String,
     /// Backends, sorted and deduplicated; empty means reject (ECONNREFUSED),
-    /// as kube-proxy does for a Service without endpoints.
+    /// as kube-proxy does for a Service without endpoints, or drop when
+    /// `external_local` is set.
     pub backends: Vec<BackendAddr>,
     /// Session affinity (ClientIP) timeout in seconds; 0 = no affinity.
     pub affinity_timeout: u32,
+    /// `externalTrafficPolicy: Local` applies (external scope only):
+    /// `backends` holds only this node's endpoints, and with none the
+    /// traffic is dropped, not rejected (`SVC_FLAG_LOCAL`).
+    pub external_local: bool,
 }
 
 /// What a Service's `healthCheckNodePort` answers on this node
@@ -162,19 +254,20 @@ mod tests {
 
     #[test]
     fn displays() {
-        let key = FrontendKey {
-            address: Ipv4Addr::new(1, 2, 3, 4),
-            port: 80,
-            protocol: Protocol::Tcp,
-        };
+        let key = FrontendKey::internal(Ipv4Addr::new(1, 2, 3, 4), 80, Protocol::Tcp);
         assert_eq!(key.to_string(), "1.2.3.4:80/TCP");
+        let nodeport = FrontendKey::external(FrontendKey::NODEPORT_ADDRESS, 30080, Protocol::Udp);
+        assert_eq!(nodeport.to_string(), "0.0.0.0:30080/UDP external");
         assert_eq!(ServiceId::new("default", "web").to_string(), "default/web");
         let backend = BackendAddr {
             address: Ipv4Addr::new(10, 1, 0, 5),
             port: 8080,
             terminating: true,
+            local: false,
         };
         assert_eq!(backend.to_string(), "10.1.0.5:8080 (terminating)");
+        assert_eq!(FrontendKind::ExternalIp.to_string(), "ExternalIP");
+        assert_eq!(Scope::External.to_string(), "external");
     }
 
     #[test]
@@ -186,24 +279,27 @@ mod tests {
     }
 
     #[test]
-    fn keys_order_by_address_port_protocol() {
-        let k = |a: u8, port, protocol| FrontendKey {
+    fn keys_order_by_address_port_protocol_scope() {
+        let k = |a: u8, port, protocol, scope| FrontendKey {
             address: Ipv4Addr::new(10, 0, 0, a),
             port,
             protocol,
+            scope,
         };
         let mut keys = vec![
-            k(2, 1, Protocol::Tcp),
-            k(1, 80, Protocol::Udp),
-            k(1, 80, Protocol::Tcp),
+            k(2, 1, Protocol::Tcp, Scope::Internal),
+            k(1, 80, Protocol::Tcp, Scope::External),
+            k(1, 80, Protocol::Udp, Scope::Internal),
+            k(1, 80, Protocol::Tcp, Scope::Internal),
         ];
         keys.sort();
         assert_eq!(
             keys,
             [
-                k(1, 80, Protocol::Tcp),
-                k(1, 80, Protocol::Udp),
-                k(2, 1, Protocol::Tcp)
+                k(1, 80, Protocol::Tcp, Scope::Internal),
+                k(1, 80, Protocol::Tcp, Scope::External),
+                k(1, 80, Protocol::Udp, Scope::Internal),
+                k(2, 1, Protocol::Tcp, Scope::Internal)
             ]
         );
     }

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::model::fixtures::{parsed, ServiceBuilder, SliceBuilder, TargetPort};
-use crate::model::types::{BackendAddr, Protocol};
+use crate::model::types::{BackendAddr, HealthCheck, Protocol};
 use crate::source::{Location, SourceError};
 
 fn path(name: &str) -> PathBuf {
@@ -14,11 +14,7 @@ fn path(name: &str) -> PathBuf {
 }
 
 fn key(address: &str, port: u16, protocol: Protocol) -> FrontendKey {
-    FrontendKey {
-        address: address.parse().expect("test address"),
-        port,
-        protocol,
-    }
+    FrontendKey::internal(address.parse().expect("test address"), port, protocol)
 }
 
 const WEB_IP: &str = "198.18.200.10";
@@ -284,7 +280,8 @@ fn terminating_fallback_and_recovery() {
         [BackendAddr {
             address: Ipv4Addr::new(10, 1, 0, 1),
             port: 8080,
-            terminating: true
+            terminating: true,
+            local: false,
         }]
     );
     // A new ready endpoint in another slice replaces the terminating one.
@@ -764,17 +761,286 @@ fn affinity_is_carried_to_frontends() {
     assert_eq!(frontend.affinity_timeout, 10_800);
 }
 
+fn lb(namespace: &str, name: &str, cluster_ip: &str) -> ServiceBuilder {
+    ServiceBuilder::new(namespace, name)
+        .cluster_ip(cluster_ip)
+        .type_("LoadBalancer")
+        .port("", 80, "TCP", TargetPort::Unset)
+        .node_port(30080)
+}
+
+fn external_key(address: &str, port: u16) -> FrontendKey {
+    FrontendKey::external(address.parse().expect("test address"), port, Protocol::Tcp)
+}
+
+#[test]
+fn node_port_load_balancer_and_external_ips_with_local_policy() {
+    let mut store = ServiceStore::with_node_name("node-a");
+    let service = lb("default", "web", "10.0.0.1")
+        .external_traffic_policy("Local")
+        .health_check_node_port(32000)
+        .ingress_ip("198.18.150.1")
+        .external_ips(&["198.18.100.1"]);
+    let slice = slice_for("default", "web", "web-1")
+        .ready_on("10.1.0.1", "node-a")
+        .ready_on("10.2.0.1", "node-b");
+    let changes = store.apply_file(
+        &path("web.yaml"),
+        &parsed(vec![service.object(), slice.object()]),
+    );
+    assert!(changes.errors.is_empty(), "{:?}", errors(&changes));
+    let all = "default/web  [10.1.0.1:8080, 10.2.0.1:8080]";
+    let local = "default/web  [10.1.0.1:8080]";
+    let want = |a: &str, b: &str| {
+        vec![
+            ("0.0.0.0:30080/TCP".to_owned(), Some(a.to_owned())),
+            ("0.0.0.0:30080/TCP external".to_owned(), Some(b.to_owned())),
+            ("10.0.0.1:80/TCP".to_owned(), Some(a.to_owned())),
+            ("198.18.100.1:80/TCP".to_owned(), Some(a.to_owned())),
+            (
+                "198.18.100.1:80/TCP external".to_owned(),
+                Some(b.to_owned()),
+            ),
+            ("198.18.150.1:80/TCP".to_owned(), Some(a.to_owned())),
+            (
+                "198.18.150.1:80/TCP external".to_owned(),
+                Some(b.to_owned()),
+            ),
+        ]
+    };
+    assert_eq!(summary(&changes), want(all, local));
+    let external = store
+        .frontend(&external_key("0.0.0.0", 30080))
+        .expect("external NodePort frontend");
+    assert_eq!(external.kind, FrontendKind::NodePort);
+    assert!(external.external_local);
+    assert!(external.backends.iter().all(|b| b.local));
+    let internal = store
+        .frontend(&key("198.18.150.1", 80, Protocol::Tcp))
+        .expect("internal LB frontend");
+    assert_eq!(internal.kind, FrontendKind::LoadBalancer);
+    assert!(
+        !internal.external_local,
+        "in-cluster clients are not limited"
+    );
+    assert_eq!(
+        internal
+            .backends
+            .iter()
+            .map(|b| b.local)
+            .collect::<Vec<_>>(),
+        [true, false],
+        "the local flag follows nodeName"
+    );
+
+    // The local endpoint starts terminating: external frontends fall back
+    // to it, the others use the remote ready one.
+    let slice = slice_for("default", "web", "web-1")
+        .terminating_on("10.1.0.1", "node-a")
+        .ready_on("10.2.0.1", "node-b");
+    let changes = store.apply_file(
+        &path("web.yaml"),
+        &parsed(vec![
+            lb("default", "web", "10.0.0.1")
+                .external_traffic_policy("Local")
+                .health_check_node_port(32000)
+                .ingress_ip("198.18.150.1")
+                .external_ips(&["198.18.100.1"])
+                .object(),
+            slice.object(),
+        ]),
+    );
+    assert_eq!(
+        summary(&changes),
+        want(
+            "default/web  [10.2.0.1:8080]",
+            "default/web  [10.1.0.1:8080 (terminating)]"
+        )
+    );
+    assert!(changes.health_checks_changed);
+    assert_eq!(
+        store.health_checks(),
+        [HealthCheck {
+            service: ServiceId::new("default", "web"),
+            node_port: 32000,
+            local_endpoints: 0,
+        }],
+        "only terminating local endpoints: the health check fails"
+    );
+}
+
+#[test]
+fn health_checks_count_ready_local_endpoints_and_report_changes() {
+    let mut store = ServiceStore::with_node_name("node-a");
+    let service = |hc: i32| {
+        lb("default", "web", "10.0.0.1")
+            .port("metrics", 9090, "TCP", TargetPort::Unset)
+            .node_port(30090)
+            .external_traffic_policy("Local")
+            .health_check_node_port(hc)
+            .object()
+    };
+    let changes = store.apply_file(&path("svc.yaml"), &parsed(vec![service(32000)]));
+    assert!(changes.health_checks_changed);
+    let check = |n| HealthCheck {
+        service: ServiceId::new("default", "web"),
+        node_port: 32000,
+        local_endpoints: n,
+    };
+    assert_eq!(store.health_checks(), [check(0)]);
+
+    // Two ports of one endpoint count once; remote, not-ready and
+    // terminating endpoints not at all.
+    let slice = SliceBuilder::for_service("default", "web", "web-1")
+        .port(None, 8080, "TCP")
+        .port(Some("metrics"), 9090, "TCP")
+        .ready_on("10.1.0.1", "node-a")
+        .ready_on("10.1.0.2", "node-a")
+        .ready_on("10.2.0.1", "node-b")
+        .endpoint(
+            "10.1.0.3",
+            Some(false),
+            Some(false),
+            Some(false),
+            Some("node-a"),
+        )
+        .terminating_on("10.1.0.4", "node-a");
+    let changes = store.apply_file(&path("slice.yaml"), &parsed(vec![slice.object()]));
+    assert!(changes.health_checks_changed);
+    assert_eq!(store.health_checks(), [check(2)]);
+
+    // A slice change that does not change the count: no refetch needed.
+    let slice = SliceBuilder::for_service("default", "web", "web-1")
+        .port(None, 8080, "TCP")
+        .ready_on("10.1.0.1", "node-a")
+        .ready_on("10.1.0.2", "node-a");
+    let changes = store.apply_file(&path("slice.yaml"), &parsed(vec![slice.object()]));
+    assert!(!changes.frontends.is_empty());
+    assert!(!changes.health_checks_changed);
+
+    // An unrelated Service: nothing to refetch.
+    let changes = store.apply_file(
+        &path("other.yaml"),
+        &parsed(vec![svc("default", "other", "10.0.0.2").object()]),
+    );
+    assert!(!changes.health_checks_changed);
+
+    // Policy Cluster: no health check any more.
+    let changes = store.apply_file(
+        &path("svc.yaml"),
+        &parsed(vec![lb("default", "web", "10.0.0.1").object()]),
+    );
+    assert!(changes.health_checks_changed);
+    assert!(store.health_checks().is_empty());
+
+    // Only LoadBalancer Services have one (NodePort + Local has none).
+    let changes = store.apply_file(
+        &path("np.yaml"),
+        &parsed(vec![ServiceBuilder::new("default", "np")
+            .cluster_ip("10.0.0.3")
+            .type_("NodePort")
+            .port("", 80, "TCP", TargetPort::Unset)
+            .node_port(30081)
+            .external_traffic_policy("Local")
+            .object()]),
+    );
+    assert!(!changes.health_checks_changed);
+    assert!(store.health_checks().is_empty());
+
+    // Removing the Service removes its check.
+    store.apply_file(&path("svc.yaml"), &parsed(vec![service(32000)]));
+    assert_eq!(store.health_checks(), [check(2)]);
+    let changes = store.remove_file(&path("svc.yaml"));
+    assert!(changes.health_checks_changed);
+    assert!(store.health_checks().is_empty());
+}
+
+#[test]
+fn node_port_and_external_ip_conflicts_older_wins() {
+    let mut store = ServiceStore::new();
+    let older = lb("default", "older", "10.0.0.1")
+        .created(1_000)
+        .external_ips(&["198.18.100.1"]);
+    let newer = lb("default", "newer", "10.0.0.2")
+        .created(2_000)
+        .ingress_ip("198.18.100.1");
+    store.apply_file(&path("older.yaml"), &parsed(vec![older.object()]));
+    let changes = store.apply_file(&path("newer.yaml"), &parsed(vec![newer.object()]));
+    assert_eq!(
+        summary(&changes),
+        one("10.0.0.2:80/TCP", Some("default/newer  []")),
+        "newer only gets its cluster IP"
+    );
+    assert_eq!(
+        errors(&changes),
+        [
+            "m/newer.yaml: Service default/newer: frontend 0.0.0.0:30080/TCP is already used by \
+             Service default/older (from m/older.yaml); not serving it for default/newer",
+            "m/newer.yaml: Service default/newer: frontend 0.0.0.0:30080/TCP external is already \
+             used by Service default/older (from m/older.yaml); not serving it for default/newer",
+            "m/newer.yaml: Service default/newer: frontend 198.18.100.1:80/TCP is already used by \
+             Service default/older (from m/older.yaml); not serving it for default/newer",
+            "m/newer.yaml: Service default/newer: frontend 198.18.100.1:80/TCP external is already \
+             used by Service default/older (from m/older.yaml); not serving it for default/newer",
+        ]
+    );
+    // The older one goes: the newer takes its NodePort and address over,
+    // now as a load-balancer IP.
+    let changes = store.remove_file(&path("older.yaml"));
+    let lb_frontend = store
+        .frontend(&external_key("198.18.100.1", 80))
+        .expect("taken over");
+    assert_eq!(lb_frontend.kind, FrontendKind::LoadBalancer);
+    assert_eq!(lb_frontend.service, ServiceId::new("default", "newer"));
+    assert_eq!(changes.frontends.len(), 5, "{:?}", summary(&changes));
+}
+
+#[test]
+fn bad_external_addresses_are_reported_and_the_rest_is_served() {
+    let mut store = ServiceStore::new();
+    let changes = store.apply_file(
+        &path("web.yaml"),
+        &parsed(vec![lb("default", "web", "10.0.0.1")
+            .external_ips(&["198.18.100.1", "not-an-ip"])
+            .ingress_ip("127.0.0.1")
+            .object()]),
+    );
+    assert_eq!(
+        errors(&changes),
+        [
+            "m/web.yaml: Service default/web: spec.externalIPs[1]: invalid IP address \
+             \"not-an-ip\"; not served",
+            "m/web.yaml: Service default/web: status.loadBalancer.ingress[0].ip: 127.0.0.1 is \
+             a loopback address; not served",
+        ]
+    );
+    let keys: Vec<String> = changes.frontends.keys().map(ToString::to_string).collect();
+    assert_eq!(
+        keys,
+        [
+            "0.0.0.0:30080/TCP",
+            "0.0.0.0:30080/TCP external",
+            "10.0.0.1:80/TCP",
+            "198.18.100.1:80/TCP",
+            "198.18.100.1:80/TCP external",
+        ]
+    );
+}
+
 /// A store built from scratch, applying files in the order they were last
 /// applied (which decides duplicate winners).
 fn rebuild(
     order: &[PathBuf],
     files: &BTreeMap<PathBuf, ParsedFile>,
-) -> BTreeMap<FrontendKey, Frontend> {
-    let mut fresh = ServiceStore::new();
+) -> (BTreeMap<FrontendKey, Frontend>, Vec<HealthCheck>) {
+    let mut fresh = ServiceStore::with_node_name("node-a");
     for file in order {
         fresh.apply_file(file, &files[file]);
     }
-    fresh.frontends().map(|f| (f.key, f)).collect()
+    (
+        fresh.frontends().map(|f| (f.key, f)).collect(),
+        fresh.health_checks(),
+    )
 }
 
 /// Random operations; a "dataplane" map that only ever applies `Changes`
@@ -783,11 +1049,15 @@ fn rebuild(
 #[test]
 fn changes_never_miss_anything_random_operations() {
     let mut rng = StdRng::seed_from_u64(0x6761_6e67);
-    let mut store = ServiceStore::new();
+    let mut store = ServiceStore::with_node_name("node-a");
     // The same operations through the memory-lean path must agree exactly.
-    let mut lean = ServiceStore::new();
+    let mut lean = ServiceStore::with_node_name("node-a");
     let mapper = lean.mapper();
     let mut dataplane: BTreeMap<FrontendKey, Frontend> = BTreeMap::new();
+    // What a health-check server that refetches only when told would serve.
+    let mut served_checks: Vec<HealthCheck> = Vec::new();
+    let mut kinds: BTreeSet<(FrontendKind, bool)> = BTreeSet::new();
+    let mut healthy_checks = 0;
     let mut files: BTreeMap<PathBuf, ParsedFile> = BTreeMap::new();
     let mut order: Vec<PathBuf> = Vec::new();
     let (mut conflicts, mut duplicates, mut max_frontends) = (0, 0, 0);
@@ -824,6 +1094,29 @@ fn changes_never_miss_anything_random_operations() {
                     if rng.random_bool(0.1) {
                         builder = builder.cluster_ip("None");
                     }
+                    // External frontends, sharing few addresses and node
+                    // ports so that they conflict too.
+                    let type_ = ["ClusterIP", "NodePort", "LoadBalancer"][rng.random_range(0..3)];
+                    builder = builder.type_(type_);
+                    if type_ != "ClusterIP" && rng.random_bool(0.7) {
+                        builder = builder.node_port(30080 + rng.random_range(0..2));
+                    }
+                    if rng.random_bool(0.3) {
+                        let ip = format!("198.18.100.{}", rng.random_range(1..3));
+                        builder = builder.external_ips(&[&ip]);
+                    }
+                    if type_ == "LoadBalancer" && rng.random_bool(0.5) {
+                        let ip = format!("198.18.100.{}", rng.random_range(1..3));
+                        let mode = ["", "VIP", "Proxy"][rng.random_range(0..3)];
+                        builder = builder.ingress(&ip, mode, "");
+                    }
+                    if rng.random_bool(0.4) {
+                        builder = builder.external_traffic_policy("Local");
+                        if type_ == "LoadBalancer" && rng.random_bool(0.7) {
+                            builder =
+                                builder.health_check_node_port(32000 + rng.random_range(0..2));
+                        }
+                    }
                     objects.push(builder.object());
                 } else {
                     let mut builder = SliceBuilder::for_service(
@@ -835,12 +1128,13 @@ fn changes_never_miss_anything_random_operations() {
                     .port(Some("q"), 8081, "UDP");
                     for _ in 0..rng.random_range(0..3) {
                         let ip = format!("10.1.0.{}", rng.random_range(1..5));
+                        let node = ["node-a", "node-b"][rng.random_range(0..2)];
                         builder = builder.endpoint(
                             &ip,
                             Some(rng.random_bool(0.7)),
                             None,
                             Some(rng.random_bool(0.3)),
-                            None,
+                            Some(node),
                         );
                     }
                     objects.push(builder.object());
@@ -874,6 +1168,9 @@ fn changes_never_miss_anything_random_operations() {
                 _ => {}
             }
         }
+        if changes.health_checks_changed {
+            served_checks = store.health_checks();
+        }
         for (key, value) in changes.frontends {
             match value {
                 Some(frontend) => dataplane.insert(key, frontend),
@@ -883,9 +1180,19 @@ fn changes_never_miss_anything_random_operations() {
         let full: BTreeMap<FrontendKey, Frontend> = store.frontends().map(|f| (f.key, f)).collect();
         assert_eq!(dataplane, full, "step {step}");
         assert_eq!(store.len(), full.len());
+        assert_eq!(served_checks, store.health_checks(), "step {step}");
+        healthy_checks += served_checks
+            .iter()
+            .filter(|c| c.local_endpoints > 0)
+            .count();
+        kinds.extend(full.values().map(|f| (f.kind, f.external_local)));
         max_frontends = max_frontends.max(full.len());
         if step % 50 == 0 {
-            assert_eq!(rebuild(&order, &files), full, "rebuilt at step {step}");
+            assert_eq!(
+                rebuild(&order, &files),
+                (full, served_checks.clone()),
+                "rebuilt at step {step}"
+            );
         }
     }
     // The scenario must actually exercise the interesting paths.
@@ -893,6 +1200,12 @@ fn changes_never_miss_anything_random_operations() {
         conflicts > 50 && duplicates > 50 && max_frontends >= 6,
         "{conflicts} {duplicates} {max_frontends}"
     );
+    assert_eq!(
+        kinds.len(),
+        7,
+        "every kind, external ones with both policies: {kinds:?}"
+    );
+    assert!(healthy_checks > 20, "{healthy_checks}");
 
-    assert_eq!(rebuild(&order, &files), dataplane);
+    assert_eq!(rebuild(&order, &files), (dataplane, served_checks));
 }
