@@ -2,7 +2,12 @@
 //! eBPF load-balancer maps out (source → model → dataplane).
 pub mod agent;
 pub mod dataplane;
+pub mod devices;
+pub mod health;
+pub mod http;
 pub mod inspect;
+pub mod metrics;
 pub mod model;
 pub mod preflight;
 pub mod source;
+pub mod status;
