@@ -11,9 +11,81 @@ use crate::{target_binary, Cluster, Proc};
 /// How long an agent may take to load, attach and sync at start-up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Extra `gangplank agent` flags for the tc/XDP datapath.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOpts {
+    /// `--devices`; empty: the agent's default detection.
+    pub devices: Vec<String>,
+    /// `--lb-mode snat|dsr|hybrid`.
+    pub lb_mode: Option<String>,
+    /// `--xdp auto|off`.
+    pub xdp: Option<String>,
+    /// `--maglev-table-size`.
+    pub maglev_table_size: Option<u32>,
+    /// `--metrics-addr`.
+    pub metrics_addr: Option<String>,
+    /// Anything else, appended as given.
+    pub extra_args: Vec<String>,
+    /// `RUST_LOG` (default "info").
+    pub log: Option<String>,
+}
+
+impl AgentOpts {
+    /// `--devices eth0`: the node's lan interface in the simulated cluster.
+    pub fn lan() -> Self {
+        Self {
+            devices: vec!["eth0".into()],
+            ..Self::default()
+        }
+    }
+
+    /// `--lb-mode MODE`.
+    pub fn lb_mode(mut self, mode: &str) -> Self {
+        self.lb_mode = Some(mode.into());
+        self
+    }
+
+    /// `--xdp MODE`.
+    pub fn xdp(mut self, mode: &str) -> Self {
+        self.xdp = Some(mode.into());
+        self
+    }
+
+    /// Append a raw argument.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if !self.devices.is_empty() {
+            a.push("--devices".into());
+            a.push(self.devices.join(","));
+        }
+        for (flag, value) in [
+            ("--lb-mode", &self.lb_mode),
+            ("--xdp", &self.xdp),
+            ("--metrics-addr", &self.metrics_addr),
+        ] {
+            if let Some(v) = value {
+                a.push(flag.into());
+                a.push(v.clone());
+            }
+        }
+        if let Some(n) = self.maglev_table_size {
+            a.push("--maglev-table-size".into());
+            a.push(n.to_string());
+        }
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+}
+
 /// One node's agent.
 pub struct Agent {
     node: String,
+    opts: AgentOpts,
     proc: Option<Proc>,
     /// The agent's `--bpffs` pin directory.
     pub bpffs: PathBuf,
@@ -31,9 +103,15 @@ impl Agent {
     /// `--cgroup`; its own directory on the cluster's bpffs) and wait until
     /// the first sync is done.
     pub fn start(cluster: &Cluster, node: &str) -> Result<Agent> {
+        Self::start_with(cluster, node, AgentOpts::default())
+    }
+
+    /// [`Agent::start`] with extra flags (kept for [`Agent::restart`]).
+    pub fn start_with(cluster: &Cluster, node: &str, opts: AgentOpts) -> Result<Agent> {
         let n = cluster.node(node);
         let mut agent = Agent {
             node: node.into(),
+            opts,
             proc: None,
             bpffs: n.bpffs.clone(),
             cgroup: n.cgroup.clone(),
@@ -53,12 +131,35 @@ impl Agent {
             .arg(&self.cgroup)
             .arg("--bpffs")
             .arg(&self.bpffs)
-            .env("RUST_LOG", "info");
+            .args(self.opts.args())
+            .env("RUST_LOG", self.opts.log.as_deref().unwrap_or("info"));
         let mut proc = cluster.spawn_agent_process(&self.node, cmd)?;
         proc.wait_for_stderr_line(|l| l.contains("initial sync complete"), START_TIMEOUT)
             .with_context(|| format!("agent on {} did not sync", self.node))?;
         self.proc = Some(proc);
         Ok(())
+    }
+
+    /// One agent per node of the cluster, all with the same flags, started
+    /// one after the other (each waits for its first sync).
+    pub fn start_all(cluster: &Cluster, opts: &AgentOpts) -> Result<Vec<Agent>> {
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| Self::start_with(cluster, &n.name, opts.clone()))
+            .collect()
+    }
+
+    /// The node this agent runs on.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the agent process is still running.
+    pub fn is_running(&self) -> bool {
+        self.proc
+            .as_ref()
+            .is_some_and(|p| matches!(p.try_wait(), Ok(None)))
     }
 
     /// Stop with SIGTERM (the datapath stays) and start again.

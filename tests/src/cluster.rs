@@ -724,6 +724,36 @@ impl Cluster {
             .wait_with_output(timeout)
     }
 
+    /// Runs `ip` commands (`ip -batch` syntax, one per line, without the
+    /// leading `ip`) in the netns of a pod, node, "client" or "lan", e.g.
+    /// `c.ip("client", "route add 198.18.0.200/32 via 198.18.0.10")`.
+    /// Only ever touches the cluster's own namespaces.
+    pub fn ip(&self, name: &str, script: &str) -> Result<()> {
+        let netns = match self.placement(name)?.netns {
+            Some(ns) => ns,
+            None => bail!("{name} has no network namespace"),
+        };
+        let mut script = script.to_string();
+        if !script.ends_with('\n') {
+            script.push('\n');
+        }
+        sys::ip_batches(&[IpBatch {
+            netns: Some(netns),
+            force: false,
+            script,
+        }])
+    }
+
+    /// The `ifindex` of interface `iface` in the netns of a pod, node,
+    /// "client" or "lan".
+    pub fn ifindex(&self, name: &str, iface: &str) -> Result<u32> {
+        let netns = match self.placement(name)?.netns {
+            Some(ns) => ns,
+            None => bail!("{name} has no network namespace"),
+        };
+        crate::test_run::ifindex_in(&netns, iface)
+    }
+
     // -- gp-probe -----------------------------------------------------------
 
     /// Starts `gp-probe serve --name <pod>` with the given ports in `pod` (or

@@ -23,10 +23,15 @@ pub mod agent;
 pub mod bpf;
 pub mod cluster;
 pub mod manifests;
+// Header fields and constants are named as in the RFCs and uapi headers.
+#[allow(missing_docs)]
+pub mod packet;
 pub mod probe;
 pub mod process;
 mod sweep;
 mod sys;
+#[allow(missing_docs)]
+pub mod test_run;
 
 pub use cluster::{Cluster, Host, Node, Pod};
 pub use probe::{probe_cmd, ProbeResult};

@@ -22,6 +22,7 @@ struct ServicePort {
     port: u16,
     protocol: String,
     target: Target,
+    node_port: Option<u16>,
 }
 
 /// A v1 Service.
@@ -35,6 +36,11 @@ pub struct Service {
     affinity_timeout: Option<u32>,
     labels: Vec<(String, String)>,
     external_name: Option<String>,
+    external_ips: Vec<Ipv4Addr>,
+    lb_ingress: Vec<Ipv4Addr>,
+    external_traffic_policy: Option<String>,
+    internal_traffic_policy: Option<String>,
+    health_check_node_port: Option<u16>,
 }
 
 impl Service {
@@ -49,7 +55,73 @@ impl Service {
             affinity_timeout: None,
             labels: vec![],
             external_name: None,
+            external_ips: vec![],
+            lb_ingress: vec![],
+            external_traffic_policy: None,
+            internal_traffic_policy: None,
+            health_check_node_port: None,
         }
+    }
+
+    /// `type: NodePort` (set each port's `nodePort` with
+    /// [`Service::node_port`]; ports without one get none, as if the API
+    /// server had not allocated it yet).
+    pub fn node_port_service(namespace: &str, name: &str, ip: Ipv4Addr) -> Self {
+        Self {
+            type_: "NodePort".into(),
+            ..Self::cluster_ip(namespace, name, ip)
+        }
+    }
+
+    /// `type: LoadBalancer` (add `status.loadBalancer.ingress` addresses
+    /// with [`Service::lb_ingress`]).
+    pub fn load_balancer(namespace: &str, name: &str, ip: Ipv4Addr) -> Self {
+        Self {
+            type_: "LoadBalancer".into(),
+            ..Self::cluster_ip(namespace, name, ip)
+        }
+    }
+
+    /// The `nodePort` of the port called `port_name` (added before).
+    pub fn node_port(mut self, port_name: &str, node_port: u16) -> Self {
+        let p = self
+            .ports
+            .iter_mut()
+            .find(|p| p.name == port_name)
+            .unwrap_or_else(|| panic!("node_port({port_name:?}): no such service port"));
+        p.node_port = Some(node_port);
+        self
+    }
+
+    /// Add to `spec.externalIPs`.
+    pub fn external_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.external_ips.push(ip);
+        self
+    }
+
+    /// Add to `status.loadBalancer.ingress[].ip`.
+    pub fn lb_ingress(mut self, ip: Ipv4Addr) -> Self {
+        self.lb_ingress.push(ip);
+        self
+    }
+
+    /// `spec.externalTrafficPolicy`: "Cluster" or "Local".
+    pub fn external_traffic_policy(mut self, policy: &str) -> Self {
+        self.external_traffic_policy = Some(policy.into());
+        self
+    }
+
+    /// `spec.internalTrafficPolicy`: "Cluster" or "Local".
+    pub fn internal_traffic_policy(mut self, policy: &str) -> Self {
+        self.internal_traffic_policy = Some(policy.into());
+        self
+    }
+
+    /// `spec.healthCheckNodePort` (the API server allocates one for
+    /// LoadBalancer services with `externalTrafficPolicy: Local`).
+    pub fn health_check_node_port(mut self, port: u16) -> Self {
+        self.health_check_node_port = Some(port);
+        self
     }
 
     /// A headless service (`clusterIP: None`).
@@ -77,6 +149,7 @@ impl Service {
             port,
             protocol: protocol.into(),
             target,
+            node_port: None,
         });
         self
     }
@@ -113,6 +186,21 @@ impl Service {
             let _ = writeln!(y, "  clusterIP: {}", self.cluster_ip);
             let _ = writeln!(y, "  clusterIPs:\n  - {}", self.cluster_ip);
         }
+        if !self.external_ips.is_empty() {
+            let _ = writeln!(y, "  externalIPs:");
+            for ip in &self.external_ips {
+                let _ = writeln!(y, "  - {ip}");
+            }
+        }
+        if let Some(p) = &self.external_traffic_policy {
+            let _ = writeln!(y, "  externalTrafficPolicy: {p}");
+        }
+        if let Some(p) = &self.internal_traffic_policy {
+            let _ = writeln!(y, "  internalTrafficPolicy: {p}");
+        }
+        if let Some(p) = self.health_check_node_port {
+            let _ = writeln!(y, "  healthCheckNodePort: {p}");
+        }
         match self.affinity_timeout {
             Some(0) => {
                 let _ = writeln!(y, "  sessionAffinity: ClientIP");
@@ -142,6 +230,15 @@ impl Service {
                     p.protocol,
                     target
                 );
+                if let Some(np) = p.node_port {
+                    let _ = writeln!(y, "    nodePort: {np}");
+                }
+            }
+        }
+        if !self.lb_ingress.is_empty() {
+            let _ = writeln!(y, "status:\n  loadBalancer:\n    ingress:");
+            for ip in &self.lb_ingress {
+                let _ = writeln!(y, "    - ip: {ip}");
             }
         }
         y
@@ -275,4 +372,50 @@ pub fn write(dir: &Path, file: &str, docs: &[String]) -> Result<()> {
 /// Remove `dir/file`.
 pub fn remove(dir: &Path, file: &str) -> Result<()> {
     std::fs::remove_file(dir.join(file)).with_context(|| format!("removing {file}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The YAML parses with the agent's own manifest parser, with every
+    /// field where Kubernetes puts it.
+    #[test]
+    fn nodeport_and_load_balancer_services_parse() {
+        let svc = Service::load_balancer("default", "web", Ipv4Addr::new(198, 18, 200, 10))
+            .port("http", 80, "TCP", Target::Number(8080))
+            .port("dns", 53, "UDP", Target::Number(5353))
+            .node_port("http", 30080)
+            .node_port("dns", 30053)
+            .external_ip(Ipv4Addr::new(198, 18, 0, 201))
+            .lb_ingress(Ipv4Addr::new(198, 18, 0, 200))
+            .external_traffic_policy("Local")
+            .health_check_node_port(32000)
+            .client_ip_affinity(Some(60));
+        let slice = EndpointSlice::new("default", "web", "web-1")
+            .port("http", 8080, "TCP")
+            .endpoint(Endpoint::ready(Ipv4Addr::new(198, 19, 1, 10), "node-a"));
+        let text = [svc.to_yaml(), slice.to_yaml()].join("---\n");
+        let parsed = gangplank::source::parse_manifest(
+            Path::new("web.yaml"),
+            &text,
+            &["Service", "EndpointSlice"],
+        );
+        assert!(parsed.errors.is_empty(), "{:?}\n{text}", parsed.errors);
+        assert_eq!(parsed.objects.len(), 2, "{text}");
+        let dbg = format!("{:?}", parsed.objects[0]);
+        for want in [
+            "type_: Some(\"LoadBalancer\")",
+            "node_port: Some(30080)",
+            "node_port: Some(30053)",
+            "external_ips: Some([\"198.18.0.201\"])",
+            "ip: Some(\"198.18.0.200\")",
+            "external_traffic_policy: Some(\"Local\")",
+            "health_check_node_port: Some(32000)",
+            "timeout_seconds: Some(60)",
+        ] {
+            assert!(dbg.contains(want), "{want} missing from {dbg}\n{text}");
+        }
+        assert!(format!("{:?}", parsed.objects[1]).contains("node_name: Some(\"node-a\")"));
+    }
 }

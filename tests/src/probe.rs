@@ -26,6 +26,9 @@ pub struct ProbeResult {
     /// The server's answer (HTTP body or reply line), trimmed.
     #[serde(default)]
     pub reply: Option<String>,
+    /// HTTP status code of the answer (`tcp` mode), when it was HTTP.
+    #[serde(default)]
+    pub status: Option<u16>,
     /// errno of the failure, if the OS gave one (111 = ECONNREFUSED, 101 = ENETUNREACH...).
     #[serde(default)]
     pub errno: Option<i32>,

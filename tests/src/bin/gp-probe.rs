@@ -51,6 +51,12 @@ enum Cmd {
         /// Bound for connect and for the whole exchange, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Request path (e.g. a health-check URL).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Pause between attempts, in milliseconds (steady load over time).
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
     },
     /// N datagrams, one fresh socket each; one JSON line per attempt.
     Udp {
@@ -65,6 +71,9 @@ enum Cmd {
         /// Bound for waiting for the reply, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Pause between attempts, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
     },
     /// Connect once, then send each stdin line and print the reply line.
     Hold {
@@ -88,6 +97,9 @@ struct Report {
     from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reply: Option<String>,
+    /// HTTP status code of the response (tcp mode), if it was HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     errno: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,9 +157,14 @@ fn main() -> ExitCode {
             addr,
             count,
             timeout_ms,
+            path,
+            interval_ms,
         } => {
-            for _ in 0..count {
-                tcp_once(addr, Duration::from_millis(timeout_ms.max(1))).print();
+            for i in 0..count {
+                if i > 0 && interval_ms > 0 {
+                    thread::sleep(Duration::from_millis(interval_ms));
+                }
+                tcp_once(addr, &path, Duration::from_millis(timeout_ms.max(1))).print();
             }
             ExitCode::SUCCESS
         }
@@ -156,8 +173,12 @@ fn main() -> ExitCode {
             count,
             connected,
             timeout_ms,
+            interval_ms,
         } => {
-            for _ in 0..count {
+            for i in 0..count {
+                if i > 0 && interval_ms > 0 {
+                    thread::sleep(Duration::from_millis(interval_ms));
+                }
                 udp_once(addr, connected, Duration::from_millis(timeout_ms.max(1))).print();
             }
             ExitCode::SUCCESS
@@ -316,7 +337,14 @@ fn http_body(data: &[u8]) -> String {
     }
 }
 
-fn tcp_once(addr: SocketAddr, timeout: Duration) -> Report {
+/// The status code of an HTTP response (`HTTP/1.1 503 ...`).
+fn http_status(data: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(data.get(..data.len().min(64))?).ok()?;
+    let rest = text.strip_prefix("HTTP/")?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn tcp_once(addr: SocketAddr, path: &str, timeout: Duration) -> Report {
     let deadline = Instant::now() + timeout;
     let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
         Ok(s) => s,
@@ -332,7 +360,7 @@ fn tcp_once(addr: SocketAddr, timeout: Duration) -> Report {
             .set_write_timeout(Some(remaining(deadline).map_err(|e| ("send", e))?))
             .map_err(|e| ("send", e))?;
         stream
-            .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
             .map_err(|e| ("send", e))?;
         let mut data = Vec::new();
         let mut buf = [0u8; 4096];
@@ -354,6 +382,7 @@ fn tcp_once(addr: SocketAddr, timeout: Duration) -> Report {
             ok: true,
             peer,
             local,
+            status: http_status(&data),
             reply: Some(http_body(&data)),
             ..Report::default()
         },
