@@ -21,7 +21,9 @@ use gangplank_common::{
 };
 
 use crate::conntrack::{self, now_secs, BPF_NOEXIST};
-use crate::headers::{parse, Flow, IcmpError, Parsed, IP_OPTIONS, TCP_ACK, TCP_SYN};
+use crate::headers::{
+    parse, Flow, IcmpError, Parsed, IP_OFF, IP_OPTIONS, IP_TTL, TCP_ACK, TCP_SYN,
+};
 use crate::maps::{GP_CONFIG, GP_DEVICES, GP_NODE_ADDRS};
 use crate::nat::{rewrite_flow, rewrite_icmp_error, IcmpRewrite, Rewrite};
 use crate::packet::Packet;
@@ -273,10 +275,18 @@ fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32, now: u32) -> Verdi
             Verdict::Continue
         };
     }
-    remember(&svc, flow, &choice);
 
+    // Checked before any state is created for a packet that will be dropped.
+    match p.load::<u8>(IP_TTL) {
+        Some(ttl) if ttl > 1 => {}
+        _ => return Verdict::Drop,
+    }
+    remember(&svc, flow, &choice);
     let mode = lb_mode();
-    let dsr = mode == LB_MODE_DSR || (mode == LB_MODE_HYBRID && flow.is_tcp());
+    // A header already holding more than 32 bytes of options has no room
+    // for ours: such (rare) flows are SNATed instead.
+    let room = flow.l4_off - IP_OFF + DSR_OPT_LEN as usize <= 60;
+    let dsr = room && (mode == LB_MODE_DSR || (mode == LB_MODE_HYBRID && flow.is_tcp()));
     let in_key = conntrack::key(
         flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, CT_DIR_IN,
     );

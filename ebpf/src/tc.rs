@@ -126,6 +126,11 @@ impl Forward for TcContext {
 
     #[inline(always)]
     fn push_dsr(&mut self, opt: &DsrOpt) -> Option<()> {
+        // The header must have room for 8 more bytes (IHL is at most 15).
+        let ver_ihl: u8 = Packet::load(self, IP_OFF)?;
+        if ver_ihl & 0x0f > 13 {
+            return None;
+        }
         // Room right after the 20-byte base header (BPF_ADJ_ROOM_NET adds
         // it there, before any existing option).
         self.adjust_room(8, BPF_ADJ_ROOM_NET, 0).ok()?;

@@ -1,17 +1,26 @@
 //! The node agent's main loop: manifests → model → BPF maps.
 
 use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, instrument, warn};
 
+use crate::dataplane::ct_gc::CtGc;
+use crate::dataplane::loader::{LbMode, XdpSetting};
+use crate::dataplane::node_maps::NodeMaps;
 use crate::dataplane::{Datapath, LbMaps, Stats, Writer};
-use crate::model::{Changes, ModelObject, ServiceStore};
+use crate::devices::{self, AddressWatcher, NetDevice};
+use crate::health::HealthServer;
+use crate::metrics::{AgentMetrics, MetricsServer};
+use crate::model::{Changes, HealthCheck, ModelObject, ServiceStore};
 use crate::preflight;
 use crate::source::{DirChange, ManifestWatcher, WatchConfig};
+use crate::status;
 
 /// Default pin directory.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/gangplank";
@@ -34,7 +43,25 @@ pub struct Config {
     pub cgroup: PathBuf,
     /// bpffs directory for pins.
     pub bpffs: PathBuf,
+    /// `--devices`: where NodePort/LoadBalancer/external-IP traffic arrives
+    /// (None: detected).
+    pub devices: Option<Vec<String>>,
+    /// `--xdp`.
+    pub xdp: XdpSetting,
+    /// `--lb-mode`.
+    pub lb_mode: LbMode,
+    /// `--maglev-table-size`.
+    pub maglev_table_size: u32,
+    /// `--metrics-addr`: Prometheus metrics, /healthz and /readyz.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Address the health-check node ports listen on (all by default).
+    pub health_bind: IpAddr,
+    /// How often expired conntrack entries are collected.
+    pub ct_gc_interval: Duration,
 }
+
+/// How often map fill levels are sampled for the metrics.
+const MAP_FILL_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Run until SIGTERM/SIGINT. The datapath stays in place afterwards.
 pub async fn run(config: Config) -> Result<()> {
@@ -63,9 +90,36 @@ pub async fn run(config: Config) -> Result<()> {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
         libc::mallopt(libc::M_TOP_PAD, 16 << 20);
     }
-    let (mut datapath, maps) =
-        Datapath::load(&config.bpffs).context("loading the socket load balancer")?;
-    let mut writer = Writer::new(maps).context("reading pinned maps")?;
+    let metrics = Arc::new(AgentMetrics::new());
+    let _metrics_server = match config.metrics_addr {
+        Some(addr) => Some(
+            MetricsServer::start(addr, metrics.clone())
+                .with_context(|| format!("serving metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    // Address changes come from a netlink thread; a tokio channel brings
+    // them into the main loop. Started before the devices are read, so a
+    // change in between is not lost.
+    let (addr_tx, mut addr_changes) = tokio::sync::mpsc::unbounded_channel();
+    let _address_watcher = AddressWatcher::start_with(move || addr_tx.send(()).is_ok())
+        .context("watching the node's addresses")?;
+    let mut devices = devices::select(config.devices.as_deref())
+        .context("choosing the devices for NodePort/LoadBalancer traffic")?;
+    let (mut datapath, maps) = Datapath::load(&config.bpffs).context("loading the datapath")?;
+    datapath
+        .set_lb_mode(config.lb_mode)
+        .context("setting --lb-mode")?;
+    let mut node_maps = NodeMaps::open_pinned(&config.bpffs.join("maps"))
+        .context("opening the node address maps")?;
+    let node_changes = node_maps
+        .sync(&devices)
+        .context("writing the node's addresses")?;
+    info!(devices = %devices::table(&devices).trim_end(), changes = ?node_changes, "devices");
+    let mut writer = Writer::new(maps)
+        .context("reading pinned maps")?
+        .with_maglev_table_size(config.maglev_table_size)
+        .context("--maglev-table-size")?;
     let adopted = writer.len();
     let installed = started.elapsed();
 
@@ -119,6 +173,18 @@ pub async fn run(config: Config) -> Result<()> {
     datapath
         .attach(&config.cgroup)
         .context("attaching the socket load balancer")?;
+    attach_devices(&mut datapath, &devices, config.xdp)?;
+    let health =
+        HealthServer::start(config.health_bind).context("starting the health-check server")?;
+    let mut health_checks: Vec<HealthCheck> = store.health_checks();
+    report_health(health.update(health_checks.clone()));
+    let _ct_gc = CtGc::start(
+        config.bpffs.join("maps").join(crate::dataplane::loader::CT),
+        config.ct_gc_interval,
+        Some(metrics.clone()),
+    )
+    .context("starting the conntrack garbage collector")?;
+
     // Parsing thousands of manifests on several threads leaves freed memory
     // in glibc's per-thread arenas; hand it back so a steady-state agent's
     // RSS reflects what it keeps (35 MB instead of 60 at 10,000 services).
@@ -141,22 +207,102 @@ pub async fn run(config: Config) -> Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "initial sync complete"
     );
+    metrics.observe_sync(started.elapsed());
+    metrics.set_frontends(writer.len());
+    metrics.set_ready();
 
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fill = tokio::time::interval(MAP_FILL_INTERVAL);
+    fill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             change = changes.recv() => match change {
-                Some(change) => apply_change(&mut store, &mut writer, change),
+                Some(change) => {
+                    let started = Instant::now();
+                    apply_change(&mut store, &mut writer, change);
+                    metrics.observe_sync(started.elapsed());
+                    metrics.set_frontends(writer.len());
+                    let checks = store.health_checks();
+                    if checks != health_checks {
+                        health_checks = checks;
+                        report_health(health.update(health_checks.clone()));
+                    }
+                }
                 None => anyhow::bail!("manifest watcher stopped"),
             },
-            _ = retry.tick() => retry_failed(&store, &mut writer),
+            Some(()) = addr_changes.recv() => {
+                // Coalesce a burst (an address brings NEWADDR and NEWLINK).
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while addr_changes.try_recv().is_ok() {}
+                follow_devices(&mut devices, &mut node_maps, &mut datapath, config.xdp);
+            }
+            _ = retry.tick() => {
+                retry_failed(&store, &mut writer);
+                // Also re-tries health-check ports that could not be bound.
+                report_health(health.update(health_checks.clone()));
+                metrics.heartbeat();
+            }
+            _ = fill.tick() => match status::map_fill(&config.bpffs) {
+                Ok(fill) => metrics.set_map_fill(&fill),
+                Err(e) => warn!(error = %e, "cannot read map fill levels"),
+            },
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
+    health.stop();
     info!("stopping; programs stay attached and maps pinned, so traffic keeps flowing");
     Ok(())
+}
+
+fn attach_devices(datapath: &mut Datapath, devices: &[NetDevice], xdp: XdpSetting) -> Result<()> {
+    let list: Vec<(String, u32)> = devices
+        .iter()
+        .map(|d| (d.name.clone(), d.ifindex))
+        .collect();
+    for dev in datapath
+        .attach_devices(&list, xdp)
+        .context("attaching the device programs")?
+    {
+        info!(device = %dev.name, ifindex = dev.ifindex, xdp = dev.xdp, "device load balancer attached");
+    }
+    Ok(())
+}
+
+/// Addresses changed: update the node address maps; a device that was
+/// re-created (new ifindex) gets its programs attached again.
+fn follow_devices(
+    devices: &mut [NetDevice],
+    node_maps: &mut NodeMaps,
+    datapath: &mut Datapath,
+    xdp: XdpSetting,
+) {
+    let before: Vec<u32> = devices.iter().map(|d| d.ifindex).collect();
+    match devices::refresh(devices) {
+        Ok(false) => return,
+        Ok(true) => {}
+        Err(e) => {
+            warn!(error = %e, "cannot re-read the devices");
+            return;
+        }
+    }
+    match node_maps.sync(devices) {
+        Ok(changes) => info!(?changes, "node addresses changed"),
+        Err(e) => warn!(error = %e, "cannot update the node addresses"),
+    }
+    let after: Vec<u32> = devices.iter().map(|d| d.ifindex).collect();
+    if before != after {
+        if let Err(e) = attach_devices(datapath, devices, xdp) {
+            warn!(error = %format!("{e:#}"), "cannot attach to a re-created device");
+        }
+    }
+}
+
+fn report_health(errors: Vec<crate::health::Error>) {
+    for error in errors {
+        warn!(%error, "health-check node port not served");
+    }
 }
 
 /// Re-apply frontends whose last update failed, with their current

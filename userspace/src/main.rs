@@ -27,6 +27,29 @@ enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+    /// The devices the agent would serve external traffic on, with the
+    /// node addresses they hold.
+    Devices {
+        /// Use these devices instead of detecting them (as `agent --devices`).
+        #[arg(long, value_delimiter = ',')]
+        devices: Option<Vec<String>>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Keep running and print the devices again (one JSON line each with
+        /// `-o json`) whenever their addresses change.
+        #[arg(long, hide = true)]
+        watch: bool,
+    },
+    /// The datapath's state: map fill levels, attached links, node
+    /// addresses, devices and load-balancing mode.
+    Status {
+        #[arg(long, default_value = agent::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Detach every gangplank program and remove its pinned maps.
     Uninstall {
         /// Also detach gangplank links at this cgroup that have no pin (for
@@ -54,6 +77,35 @@ struct AgentArgs {
     /// Directory on a bpf filesystem for pinned maps and links.
     #[arg(long, default_value = agent::DEFAULT_BPFFS)]
     bpffs: PathBuf,
+    /// Devices where NodePort, LoadBalancer and external-IP traffic arrives
+    /// (default: the interfaces with a global IPv4 address and a route,
+    /// without loopback, bridges and their ports; see `gangplank devices`).
+    #[arg(long, value_delimiter = ',')]
+    devices: Option<Vec<String>>,
+    /// XDP fast path on the devices: `auto` uses it where the driver
+    /// supports native XDP, `off` uses tc only.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp: dataplane::loader::XdpSetting,
+    /// How traffic for endpoints on other nodes is forwarded: `snat`
+    /// (replies return through this node), `dsr` (the client address is kept
+    /// and the backend's node replies directly), `hybrid` (DSR for TCP,
+    /// SNAT for UDP).
+    #[arg(long, value_enum, default_value = "snat")]
+    lb_mode: dataplane::loader::LbMode,
+    /// Maglev lookup table size per external frontend (a prime; larger
+    /// tables remap fewer flows when backends change, at 4 bytes per entry).
+    #[arg(long, default_value_t = gangplank_common::MAGLEV_DEFAULT_SIZE)]
+    maglev_table_size: u32,
+    /// Serve Prometheus metrics, /healthz and /readyz on this address
+    /// (e.g. 127.0.0.1:9962).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Address the health-check node ports listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    health_bind: std::net::IpAddr,
+    /// Seconds between conntrack garbage collection passes.
+    #[arg(long, default_value_t = 30)]
+    ct_gc_interval: u64,
 }
 
 #[derive(Subcommand)]
@@ -110,6 +162,13 @@ fn main() -> Result<()> {
                 },
                 cgroup,
                 bpffs: args.bpffs,
+                devices: args.devices,
+                xdp: args.xdp,
+                lb_mode: args.lb_mode,
+                maglev_table_size: args.maglev_table_size,
+                metrics_addr: args.metrics_addr,
+                health_bind: args.health_bind,
+                ct_gc_interval: std::time::Duration::from_secs(args.ct_gc_interval.max(1)),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -129,6 +188,46 @@ fn main() -> Result<()> {
             match output {
                 Output::Table => print!("{}", inspect::table(&views)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&views)?),
+            }
+            Ok(())
+        }
+        Command::Status { bpffs, output } => {
+            preflight::require_root()?;
+            let text = gangplank::status::run(&bpffs, matches!(output, Output::Json))?;
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            Ok(())
+        }
+        Command::Devices {
+            devices: names,
+            output,
+            watch,
+        } => {
+            // Write errors (a closed pipe) end the command instead of panicking.
+            let print = |devices: &[gangplank::devices::NetDevice]| -> Result<()> {
+                use std::io::Write as _;
+                let text = match output {
+                    Output::Table => gangplank::devices::table(devices),
+                    // One line per state when watching, so readers can parse line by line.
+                    Output::Json if watch => serde_json::to_string(devices)? + "\n",
+                    Output::Json => serde_json::to_string_pretty(devices)? + "\n",
+                };
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(text.as_bytes())?;
+                stdout.flush()?;
+                Ok(())
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            // Watch before the first read, so no change in between is lost.
+            let _watcher = watch
+                .then(|| gangplank::devices::AddressWatcher::start(tx))
+                .transpose()?;
+            let mut current = gangplank::devices::select(names.as_deref())?;
+            print(&current)?;
+            if watch {
+                gangplank::devices::follow(&mut current, &rx, |d| print(d).is_ok())?;
             }
             Ok(())
         }
