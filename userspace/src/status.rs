@@ -495,9 +495,11 @@ impl Status {
             "MAP", "TYPE", "ENTRIES", "MAX", "FILL"
         );
         for m in &self.maps {
+            // Arrays always hold max_entries elements: never "full".
+            let is_array = m.fill.map_type.contains("array");
             let note = if m.fill.lru {
                 "  (LRU: full is normal)"
-            } else if m.percent >= 90.0 {
+            } else if m.percent >= 90.0 && !is_array {
                 "  (nearly full)"
             } else {
                 ""

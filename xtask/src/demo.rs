@@ -1,12 +1,15 @@
 //! `cargo xtask demo`: a two-node simulated cluster, one agent per node,
-//! real traffic through a ClusterIP, and a short report of who answered.
+//! real traffic through a ClusterIP from pods, and through NodePort,
+//! LoadBalancer IP and `externalTrafficPolicy: Local` from a client outside
+//! the cluster, with a short report of who answered and which client
+//! address each pod saw.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use gangplank_tests::agent::Agent;
+use gangplank_tests::agent::{Agent, AgentOpts};
 use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
 use gangplank_tests::{Cluster, ProbeResult};
 
@@ -14,15 +17,38 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 10);
 const HTTP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 const PODS: [&str; 3] = ["pod-a1", "pod-a2", "pod-b1"];
+/// `hello` is a LoadBalancer Service: cluster IP, node ports, and this
+/// load-balancer IP (the "cloud" routes it to node-a).
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+const NODE_PORT: u16 = 30080;
+/// `hello-local`: `externalTrafficPolicy: Local`, endpoints on node-a only.
+const LOCAL_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 11);
+const LOCAL_NODE_PORT: u16 = 30081;
+const HEALTH_PORT: u16 = 32000;
 
 fn service() -> Service {
-    Service::cluster_ip("demo", "hello", VIP)
+    Service::load_balancer("demo", "hello", VIP)
         .port("http", 80, "TCP", Target::Name("http".into()))
         .port("echo", 53, "UDP", Target::Number(UDP_PORT))
+        .node_port("http", NODE_PORT)
+        .node_port("echo", 30053)
+        .lb_ingress(LB_IP)
+}
+
+fn local_service() -> Service {
+    Service::load_balancer("demo", "hello-local", LOCAL_VIP)
+        .port("http", 80, "TCP", Target::Number(HTTP_PORT))
+        .node_port("http", LOCAL_NODE_PORT)
+        .external_traffic_policy("Local")
+        .health_check_node_port(HEALTH_PORT)
 }
 
 fn slice(c: &Cluster, pods: &[&str]) -> EndpointSlice {
-    let mut s = EndpointSlice::new("demo", "hello", "hello-x7k2p")
+    slice_for(c, "hello", pods)
+}
+
+fn slice_for(c: &Cluster, service: &str, pods: &[&str]) -> EndpointSlice {
+    let mut s = EndpointSlice::new("demo", service, &format!("{service}-x7k2p"))
         .port("http", HTTP_PORT, "TCP")
         .port("echo", UDP_PORT, "UDP");
     for p in pods {
@@ -99,16 +125,31 @@ pub fn run() -> Result<()> {
         .collect::<Result<Vec<_>>>()
         .context("starting the pods' HTTP/UDP servers")?;
     write(&c, &PODS)?;
+    manifests::write(
+        c.manifests_dir(),
+        "hello-local.yaml",
+        &[
+            local_service().to_yaml(),
+            slice_for(&c, "hello-local", &["pod-a1", "pod-a2"]).to_yaml(),
+        ],
+    )?;
     println!(
-        "  Service demo/hello  ClusterIP {VIP}  http 80/TCP → pods' :{HTTP_PORT} (named targetPort), echo 53/UDP → :{UDP_PORT}"
+        "  Service demo/hello  LoadBalancer {LB_IP}, ClusterIP {VIP}, NodePort {NODE_PORT}: http 80/TCP → pods' :{HTTP_PORT} (named targetPort), echo 53/UDP → :{UDP_PORT}"
+    );
+    println!(
+        "  Service demo/hello-local  NodePort {LOCAL_NODE_PORT}, externalTrafficPolicy Local, endpoints on node-a only, health check :{HEALTH_PORT}"
+    );
+    println!(
+        "  client {} outside the cluster, on the nodes' LAN",
+        c.client().ip
     );
 
     let mut agents = ["node-a", "node-b"]
         .iter()
-        .map(|n| Agent::start(&c, n))
+        .map(|n| Agent::start_with(&c, n, AgentOpts::lan()))
         .collect::<Result<Vec<_>>>()
         .context("starting the agents")?;
-    println!("  agents running on node-a and node-b (socket LB attached to each node's cgroup)\n");
+    println!("  agents running on node-a and node-b: socket LB on each node's cgroup, tc/XDP on each node's eth0\n");
 
     let url = format!("{VIP}:80");
     let results = c.probe("pod-a1", ["tcp", url.as_str(), "--count", "12"])?;
@@ -160,13 +201,19 @@ pub fn run() -> Result<()> {
     );
     println!("   answered by:              {answered}\n");
 
-    let mut list = gangplank_tests::agent::gangplank_cmd()?;
-    list.args(["service", "list", "--bpffs"])
-        .arg(&agents[0].bpffs);
-    let out = c.run_in_node("node-a", list, Duration::from_secs(10))?;
-    println!("5. `gangplank service list` on node-a (read from the pinned maps):");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        println!("   {line}");
+    north_south(&c)?;
+
+    for (n, command) in [(9, "service list"), (10, "status")] {
+        let mut cmd = gangplank_tests::agent::gangplank_cmd()?;
+        cmd.args(command.split(' '))
+            .arg("--bpffs")
+            .arg(&agents[0].bpffs);
+        let out = c.run_in_node("node-a", cmd, Duration::from_secs(10))?;
+        println!("{n}. `gangplank {command}` on node-a (read from the pinned maps):");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("   {line}");
+        }
+        println!();
     }
 
     drop(agents);
@@ -175,5 +222,74 @@ pub fn run() -> Result<()> {
         "\ndone in {:.1} s; namespaces, cgroups, pins and processes removed.",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Steps 5–8: traffic from the client outside the cluster.
+fn north_south(c: &Cluster) -> Result<()> {
+    let client_ip = c.client().ip.to_string();
+    let seen_as = |r: &ProbeResult| {
+        r.client_addr().map(|a| {
+            let ip = a.ip().to_string();
+            let who = if ip == client_ip {
+                "the client".to_string()
+            } else if let Some(node) = c.nodes().iter().find(|n| n.address.to_string() == ip) {
+                format!("{} (SNAT)", node.name)
+            } else {
+                ip
+            };
+            format!("{} → {who}", r.pod().unwrap_or("?"))
+        })
+    };
+    for (n, node) in [(5, "node-a"), (6, "node-b")] {
+        let address = c.node(node).address;
+        let url = format!("{address}:{NODE_PORT}");
+        let results = c.probe("client", ["tcp", url.as_str(), "--count", "12"])?;
+        let (answered, seen) = summarize(&results, seen_as)?;
+        println!("{n}. 12 HTTP requests from the client to NodePort {url}");
+        println!("   answered by:              {answered}");
+        println!("   client address pods saw:  {}", seen.join(", "));
+        println!("   (pods on {node} see the client; pods on the other node see {node}, which SNATs so replies come back through it)\n");
+    }
+
+    c.ip(
+        "client",
+        &format!("route add {LB_IP}/32 via {}", c.node("node-a").address),
+    )?;
+    let url = format!("{LB_IP}:80");
+    let results = c.probe("client", ["tcp", url.as_str(), "--count", "12"])?;
+    let (answered, peers) = summarize(&results, |r| r.peer.clone())?;
+    println!("7. 12 HTTP requests from the client to the LoadBalancer IP {url} (routed to node-a)");
+    println!("   answered by:              {answered}");
+    println!("   replies came from:        {}\n", peers.join(", "));
+
+    let url = format!("{}:{LOCAL_NODE_PORT}", c.node("node-a").address);
+    let results = c.probe("client", ["tcp", url.as_str(), "--count", "6"])?;
+    let (answered, seen) = summarize(&results, seen_as)?;
+    println!("8. externalTrafficPolicy: Local, 6 requests to {url}");
+    println!("   answered by:              {answered}");
+    println!("   client address pods saw:  {}", seen.join(", "));
+    let via_b = format!("{}:{LOCAL_NODE_PORT}", c.node("node-b").address);
+    let r = c.probe("client", ["tcp", via_b.as_str(), "--timeout-ms", "500"])?;
+    let refused = r.first().is_some_and(|r| !r.ok);
+    println!(
+        "   through node-b (no local endpoint): {}",
+        if refused {
+            "dropped, as Kubernetes requires"
+        } else {
+            "answered (unexpected!)"
+        }
+    );
+    for node in ["node-a", "node-b"] {
+        let url = format!("{}:{HEALTH_PORT}", c.node(node).address);
+        let r = c.probe("client", ["tcp", url.as_str()])?;
+        let (status, body) = r
+            .first()
+            .map(|r| (r.status.unwrap_or(0), r.reply.clone().unwrap_or_default()))
+            .unwrap_or_default();
+        let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+        println!("   health check {url}: {status} {body}");
+    }
+    println!();
     Ok(())
 }
