@@ -790,3 +790,56 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// uninstall
+// ---------------------------------------------------------------------------
+
+#[test]
+fn uninstall_detaches_the_device_programs() {
+    let svc = web("NodePort");
+    let mut env = setup("np-uninstall", &svc, &["pod-a1"], AgentOpts::lan());
+    let node_a = env.node_ip("node-a");
+    let bpffs = env.agents[0].bpffs.clone();
+    for agent in &mut env.agents {
+        agent.stop().expect("stopping the agent");
+    }
+    assert!(
+        tcp(&env.c, "client", node_a, NP_TCP, 1)[0].ok,
+        "a stopped agent leaves the tc/XDP programs serving"
+    );
+
+    let mut cmd = gangplank_tests::agent::gangplank_cmd().expect("gangplank");
+    cmd.arg("uninstall").arg("--bpffs").arg(&bpffs);
+    let out = env
+        .c
+        .run_in_node("node-a", cmd, Duration::from_secs(10))
+        .expect("uninstall");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed = String::from_utf8_lossy(&out.stdout);
+    for link in ["tc_in_eth0", "tc_out_eth0"] {
+        assert!(removed.contains(link), "{link} unpinned: {removed}");
+    }
+
+    // Nothing translates the node port any more: the node's own stack
+    // answers (nothing listens there).
+    let r = probe(
+        &env.c,
+        "client",
+        &["tcp", &format!("{node_a}:{NP_TCP}"), "--timeout-ms", "700"],
+    )
+    .remove(0);
+    assert!(!r.ok, "NodePort no longer served after uninstall: {r:?}");
+    let mut ip = std::process::Command::new("ip");
+    ip.args(["-d", "link", "show", "dev", "eth0"]);
+    let out = env
+        .c
+        .run_in_node("node-a", ip, Duration::from_secs(5))
+        .expect("ip link");
+    let link = String::from_utf8_lossy(&out.stdout);
+    assert!(!link.contains("xdp"), "no XDP program left on eth0: {link}");
+}

@@ -234,6 +234,11 @@ fn main() -> Result<()> {
         Command::Uninstall { cgroup, bpffs } => {
             preflight::require_root()?;
             let removed = dataplane::loader::uninstall(&bpffs)?;
+            for link in &removed.links {
+                if let Some(name) = link.file_name() {
+                    println!("unpinned {}", name.to_string_lossy());
+                }
+            }
             println!(
                 "unpinned {} program link(s) and removed {} map(s) from {}",
                 removed.links.len(),
