@@ -27,6 +27,9 @@ pub struct FakeMaps {
     pub log: Vec<&'static str>,
     /// Fail the n-th operation from now (simulates a full map).
     pub fail_at: Option<usize>,
+    /// How many Maglev chunks fit (None: unbounded), like the real map's
+    /// max_entries.
+    pub chunk_capacity: Option<usize>,
     pub affinity_purges: Vec<AffinityPurges>,
 }
 
@@ -237,6 +240,12 @@ impl LbMaps for FakeMaps {
     }
 
     fn put_maglev_chunk(&mut self, key: &MaglevKey, chunk: &MaglevChunk) -> Result<()> {
+        if self
+            .chunk_capacity
+            .is_some_and(|cap| self.chunks.len() >= cap && !self.chunks.contains_key(key))
+        {
+            return Err(Error::IdsExhausted("fake Maglev map space"));
+        }
         self.step("put_chunk")?;
         self.chunks.insert(*key, *chunk);
         self.state.maglev.insert(*key);

@@ -996,6 +996,31 @@ fn failures_anywhere_in_a_maglev_update_leave_nothing_half_written() {
 }
 
 #[test]
+fn a_full_maglev_map_degrades_to_random_choice_instead_of_failing_the_frontend() {
+    // Room for one table of two chunks and a half: the second frontend's
+    // table does not fit.
+    let maps = FakeMaps {
+        chunk_capacity: Some(3),
+        ..FakeMaps::default()
+    };
+    let mut w = maglev_writer(maps, SMALL);
+    let first = node_port(&[10, 11]);
+    let mut second = frontend(external([198, 18, 150, 1], 80), &[(20, 80), (21, 80)]);
+    second.kind = FrontendKind::LoadBalancer;
+    let stats = w.sync([&first, &second]);
+    assert_eq!(stats.failed, 0, "both frontends are served");
+    assert!(w.maps().violations.is_empty(), "{:#?}", w.maps().violations);
+    assert!(
+        table_addresses(&w, &first.key).is_some(),
+        "the first has its table"
+    );
+    let master = w.maps().state.services[&service_key(&second.key, 0)];
+    assert_eq!(master.count, 2, "the second is served from its slots");
+    assert_eq!(master.flags & SVC_FLAG_MAGLEV, 0, "without a table");
+    assert_eq!(w.maps().chunks.len(), 2, "no partial table left behind");
+}
+
+#[test]
 fn table_sizes_are_checked() {
     let w = Writer::new(FakeMaps::default()).expect("snapshot");
     assert!(w.with_maglev_table_size(16_383).is_err(), "not prime");

@@ -1128,8 +1128,27 @@ impl<M: LbMaps> Writer<M> {
         let generation = old.map_or(0, |t| 1 - t.generation);
         let table = self.table_for(&ids);
         for (i, chunk) in chunk_values(&table) {
-            self.maps
-                .put_maglev_chunk(&maglev_key(rev_nat_id, generation, i), &chunk)?;
+            if let Err(e) = self
+                .maps
+                .put_maglev_chunk(&maglev_key(rev_nat_id, generation, i), &chunk)
+            {
+                // Most likely the Maglev map is full (its size bounds how many
+                // external frontends get a table). Serving the frontend with
+                // uniform random choice beats not serving it: the master
+                // entry goes out without a table, and what was written of
+                // this one is removed again.
+                warn!(
+                    frontend = %describe(master_key),
+                    error = %e,
+                    "no room for a Maglev table: balancing this frontend uniformly at random"
+                );
+                for written in 0..i {
+                    let _ = self
+                        .maps
+                        .delete_maglev_chunk(&maglev_key(rev_nat_id, generation, written));
+                }
+                return Ok(None);
+            }
         }
         Ok(Some(LiveTable {
             generation,
