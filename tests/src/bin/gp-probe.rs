@@ -8,6 +8,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
@@ -57,6 +58,11 @@ enum Cmd {
         /// Pause between attempts, in milliseconds (steady load over time).
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
+        /// Connect from this local port (IPv4 only; bound with SO_REUSEADDR)
+        /// instead of an ephemeral one, so a test can repeat a flow's exact
+        /// 5-tuple. With `--count` > 1 every attempt uses the same port.
+        #[arg(long)]
+        source_port: Option<u16>,
     },
     /// N datagrams, one fresh socket each; one JSON line per attempt.
     Udp {
@@ -159,12 +165,14 @@ fn main() -> ExitCode {
             timeout_ms,
             path,
             interval_ms,
+            source_port,
         } => {
             for i in 0..count {
                 if i > 0 && interval_ms > 0 {
                     thread::sleep(Duration::from_millis(interval_ms));
                 }
-                tcp_once(addr, &path, Duration::from_millis(timeout_ms.max(1))).print();
+                let timeout = Duration::from_millis(timeout_ms.max(1));
+                tcp_once(addr, source_port, &path, timeout).print();
             }
             ExitCode::SUCCESS
         }
@@ -344,9 +352,121 @@ fn http_status(data: &[u8]) -> Option<u16> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn tcp_once(addr: SocketAddr, path: &str, timeout: Duration) -> Report {
+/// `connect(2)` from `0.0.0.0:source_port` with a timeout. SO_REUSEADDR lets
+/// the port be bound again while an earlier connection from it lingers in
+/// TIME_WAIT (connect still refuses an identical 4-tuple: EADDRNOTAVAIL).
+fn connect_from(addr: SocketAddr, source_port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let SocketAddr::V4(remote) = addr else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--source-port supports IPv4 only",
+        ));
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) has no memory arguments.
+    let fd = check(unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
+    // SAFETY: fd is the socket just created; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: the option value points to a live c_int of the given size.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    let local = sockaddr(std::net::Ipv4Addr::UNSPECIFIED, source_port);
+    // SAFETY: local is a live sockaddr_in of `len` bytes.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&local as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    })?;
+    let peer = sockaddr(*remote.ip(), remote.port());
+    // SAFETY: peer is a live sockaddr_in of `len` bytes.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&peer as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = remaining(deadline)?;
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+            // SAFETY: pfd is one live pollfd.
+            match check(unsafe { libc::poll(&mut pfd, 1, ms) }) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::TimedOut)),
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut err: libc::c_int = 0;
+        let mut err_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: err and err_len are live and sized for SO_ERROR.
+        check(unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut err_len,
+            )
+        })?;
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+    }
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn tcp_once(addr: SocketAddr, source_port: Option<u16>, path: &str, timeout: Duration) -> Report {
     let deadline = Instant::now() + timeout;
-    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
+    let connected = match source_port {
+        Some(port) => connect_from(addr, port, timeout),
+        None => TcpStream::connect_timeout(&addr, timeout),
+    };
+    let mut stream = match connected {
         Ok(s) => s,
         Err(e) => return Report::failure("connect", &e),
     };
