@@ -63,6 +63,10 @@ enum Cmd {
         /// 5-tuple. With `--count` > 1 every attempt uses the same port.
         #[arg(long)]
         source_port: Option<u16>,
+        /// Send this many bytes of a fixed pattern as the request body; the
+        /// server checks every byte (bulk transfers through the datapath).
+        #[arg(long, default_value_t = 0)]
+        upload: usize,
     },
     /// N datagrams, one fresh socket each; one JSON line per attempt.
     Udp {
@@ -166,13 +170,14 @@ fn main() -> ExitCode {
             path,
             interval_ms,
             source_port,
+            upload,
         } => {
             for i in 0..count {
                 if i > 0 && interval_ms > 0 {
                     thread::sleep(Duration::from_millis(interval_ms));
                 }
                 let timeout = Duration::from_millis(timeout_ms.max(1));
-                tcp_once(addr, source_port, &path, timeout).print();
+                tcp_once(addr, source_port, &path, upload, timeout).print();
             }
             ExitCode::SUCCESS
         }
@@ -273,18 +278,56 @@ fn handle_tcp(stream: TcpStream, name: &str) -> io::Result<()> {
     }
     if line.starts_with(b"GET ") {
         // Consume the headers up to the blank line, so closing doesn't RST.
+        let mut upload = 0usize;
         loop {
             let mut header = Vec::new();
             if reader.read_until(b'\n', &mut header)? == 0 || header == b"\r\n" || header == b"\n" {
                 break;
             }
+            let header = String::from_utf8_lossy(&header);
+            if let Some(len) = header.strip_prefix("Content-Length:") {
+                upload = len.trim().parse().unwrap_or(0);
+            }
         }
+        // A request body (bulk upload) must be the pattern, whole.
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while received < upload {
+            let want = (upload - received).min(buf.len());
+            let n = reader.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            if let Some(i) = pattern_mismatch(&buf[..n], received) {
+                let status = format!("upload corrupt at byte {}", received + i);
+                let response = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{status}",
+                    status.len()
+                );
+                writer.write_all(response.as_bytes())?;
+                return stream.shutdown(std::net::Shutdown::Write);
+            }
+            received += n;
+        }
+        let path = String::from_utf8_lossy(&line)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_string();
+        let bulk = bulk_size(&path).unwrap_or(0);
         let body = format!("pod={name} client={peer}\n");
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+            body.len() + bulk
         );
         writer.write_all(response.as_bytes())?;
+        let mut sent = 0;
+        while sent < bulk {
+            let n = (bulk - sent).min(64 * 1024);
+            let block: Vec<u8> = (sent..sent + n).map(pattern).collect();
+            writer.write_all(&block)?;
+            sent += n;
+        }
         writer.flush()?;
         return stream.shutdown(std::net::Shutdown::Write);
     }
@@ -460,7 +503,32 @@ fn connect_from(addr: SocketAddr, source_port: u16, timeout: Duration) -> io::Re
     Ok(stream)
 }
 
-fn tcp_once(addr: SocketAddr, source_port: Option<u16>, path: &str, timeout: Duration) -> Report {
+/// Byte `i` of a bulk body: a pattern with period 251 (prime), so a lost,
+/// duplicated or reordered segment shows up as a mismatch.
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// The first index where `data` departs from the pattern (starting at
+/// `offset`), if any.
+fn pattern_mismatch(data: &[u8], offset: usize) -> Option<usize> {
+    data.iter()
+        .enumerate()
+        .position(|(i, b)| *b != pattern(offset + i))
+}
+
+/// `/bulk/N` asks the server for N pattern bytes after its usual line.
+fn bulk_size(path: &str) -> Option<usize> {
+    path.strip_prefix("/bulk/")?.parse().ok()
+}
+
+fn tcp_once(
+    addr: SocketAddr,
+    source_port: Option<u16>,
+    path: &str,
+    upload: usize,
+    timeout: Duration,
+) -> Report {
     let deadline = Instant::now() + timeout;
     let connected = match source_port {
         Some(port) => connect_from(addr, port, timeout),
@@ -480,8 +548,18 @@ fn tcp_once(addr: SocketAddr, source_port: Option<u16>, path: &str, timeout: Dur
             .set_write_timeout(Some(remaining(deadline).map_err(|e| ("send", e))?))
             .map_err(|e| ("send", e))?;
         stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .write_all(
+                format!("GET {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {upload}\r\n\r\n")
+                    .as_bytes(),
+            )
             .map_err(|e| ("send", e))?;
+        let mut sent = 0;
+        while sent < upload {
+            let n = (upload - sent).min(64 * 1024);
+            let block: Vec<u8> = (sent..sent + n).map(pattern).collect();
+            stream.write_all(&block).map_err(|e| ("send", e))?;
+            sent += n;
+        }
         let mut data = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -498,14 +576,44 @@ fn tcp_once(addr: SocketAddr, source_port: Option<u16>, path: &str, timeout: Dur
         }
     })();
     match exchange {
-        Ok(data) => Report {
-            ok: true,
-            peer,
-            local,
-            status: http_status(&data),
-            reply: Some(http_body(&data)),
-            ..Report::default()
-        },
+        Ok(data) => {
+            let status = http_status(&data);
+            let mut body = http_body(&data);
+            if let Some(size) = bulk_size(path) {
+                // The first line names the pod; the rest must be the
+                // pattern, whole.
+                let bytes = data
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|i| &data[i + 4..])
+                    .unwrap_or_default();
+                let line_end = bytes.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+                let payload = &bytes[line_end..];
+                body = String::from_utf8_lossy(&bytes[..line_end])
+                    .trim()
+                    .to_string();
+                let problem = if payload.len() != size {
+                    Some(format!(
+                        "bulk body has {} bytes, expected {size}",
+                        payload.len()
+                    ))
+                } else {
+                    pattern_mismatch(payload, 0).map(|i| format!("bulk body corrupt at byte {i}"))
+                };
+                if let Some(problem) = problem {
+                    let e = io::Error::new(io::ErrorKind::InvalidData, problem);
+                    return Report::failure("recv", &e).with_peer(peer, local);
+                }
+            }
+            Report {
+                ok: true,
+                peer,
+                local,
+                status,
+                reply: Some(body),
+                ..Report::default()
+            }
+        }
         Err((stage, e)) => Report::failure(stage, &e).with_peer(peer, local),
     }
 }
