@@ -104,8 +104,15 @@ pub async fn run(config: Config) -> Result<()> {
     let (addr_tx, mut addr_changes) = tokio::sync::mpsc::unbounded_channel();
     let _address_watcher = AddressWatcher::start_with(move || addr_tx.send(()).is_ok())
         .context("watching the node's addresses")?;
-    let mut devices = devices::select(config.devices.as_deref())
-        .context("choosing the devices for NodePort/LoadBalancer traffic")?;
+    let mut devices = match &config.devices {
+        Some(names) => devices::resolve(names).context("--devices")?,
+        // Nothing qualifying is not fatal: ClusterIP service still works;
+        // only traffic arriving from outside the node is not balanced.
+        None => devices::detect().unwrap_or_else(|e| {
+            warn!(error = %e, "no device for NodePort/LoadBalancer traffic; pass --devices to choose");
+            Vec::new()
+        }),
+    };
     let (mut datapath, maps) = Datapath::load(&config.bpffs).context("loading the datapath")?;
     datapath
         .set_lb_mode(config.lb_mode)
