@@ -15,6 +15,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError};
 use gangplank_common::*;
 
+/// The loader and the map contract, for users of this module outside the
+/// tests crate (`cargo xtask bench` depends on this crate only).
+pub use gangplank::dataplane::Datapath;
+pub use gangplank_common as contract;
+
 /// `BPF_PROG_TEST_RUN` (include/uapi/linux/bpf.h, `enum bpf_cmd`).
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
@@ -213,6 +218,34 @@ pub fn ifindex_in(netns: &str, name: &str) -> Result<u32> {
         bail!("no interface {name} in netns {netns}");
     }
     Ok(idx)
+}
+
+/// The MAC address of interface `iface` in network namespace `netns`
+/// (from `ip -j link show`).
+pub fn mac_in(netns: &str, iface: &str) -> Result<[u8; 6]> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-n", netns, "link", "show", iface])
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip -n {netns} link show {iface}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j output")?;
+    let text = v[0]["address"]
+        .as_str()
+        .with_context(|| format!("no MAC address for {iface} in netns {netns}"))?;
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        bail!("MAC address {text:?} of {iface} in netns {netns}");
+    }
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC address {text:?}"))?;
+    }
+    Ok(mac)
 }
 
 // ---------------------------------------------------------------------------

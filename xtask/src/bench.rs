@@ -1,11 +1,16 @@
-//! `cargo xtask bench`: control-plane speed of the agent at scale, on a
-//! simulated node (the kernel maps are real).
+//! `cargo xtask bench`: two parts, both by default, either alone with
+//! `--only control|packets`.
 //!
+//! Control plane: speed of the agent at scale, on a simulated node (the
+//! kernel maps are real).
 //! - start-up: N services × M endpoints in the manifests directory, time
 //!   until every frontend is in the BPF maps;
 //! - one endpoint change: time from the changed file being read to the maps
 //!   being updated, as the agent measures it;
 //! - the agent's memory (RSS) at that size.
+//!
+//! Packets: per-packet cost of the tc/XDP datapath with BPF_PROG_TEST_RUN
+//! (see `bench_packets`).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -16,9 +21,21 @@ use gangplank_tests::agent::gangplank_cmd;
 use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
 use gangplank_tests::Cluster;
 
+/// A part of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The agent at scale: start-up, one change, memory.
+    Control,
+    /// Per-packet cost of the tc/XDP programs (BPF_PROG_TEST_RUN).
+    Packets,
+}
+
 /// Benchmark size.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct Options {
+    /// Run only this part (default: both).
+    #[arg(long, value_enum)]
+    pub only: Option<Part>,
     /// Number of services.
     #[arg(long, default_value_t = 10_000)]
     pub services: usize,
@@ -28,6 +45,50 @@ pub struct Options {
     /// Single-endpoint changes to time.
     #[arg(long, default_value_t = 20)]
     pub changes: usize,
+    /// Packets: batches per case (p10/p50/p90 are over batches).
+    #[arg(long, default_value_t = 20)]
+    pub packet_batches: usize,
+    /// Packets: packets per batch for cases measured one run at a time.
+    #[arg(long, default_value_t = 500)]
+    pub packet_runs: usize,
+    /// Packets: `repeat` for cases that leave the packet unchanged.
+    #[arg(long, default_value_t = 100_000)]
+    pub packet_repeat: u32,
+}
+
+impl Options {
+    /// The same options as command-line arguments (for the release run).
+    pub fn to_args(self) -> Vec<String> {
+        let mut args = vec![
+            format!("--services={}", self.services),
+            format!("--endpoints={}", self.endpoints),
+            format!("--changes={}", self.changes),
+            format!("--packet-batches={}", self.packet_batches),
+            format!("--packet-runs={}", self.packet_runs),
+            format!("--packet-repeat={}", self.packet_repeat),
+        ];
+        match self.only {
+            Some(Part::Control) => args.push("--only=control".into()),
+            Some(Part::Packets) => args.push("--only=packets".into()),
+            None => {}
+        }
+        args
+    }
+}
+
+/// Runs the parts `opts` asks for.
+pub fn run(opts: Options) -> Result<()> {
+    if opts.only != Some(Part::Packets) {
+        control_plane(opts)?;
+    }
+    if opts.only != Some(Part::Control) {
+        crate::bench_packets::run(crate::bench_packets::Options {
+            batches: opts.packet_batches,
+            runs: opts.packet_runs,
+            repeat: opts.packet_repeat,
+        })?;
+    }
+    Ok(())
 }
 
 fn vip(i: usize) -> Ipv4Addr {
@@ -83,7 +144,7 @@ fn rss_kib(pid: u32, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
 
-pub fn run(opts: Options) -> Result<()> {
+fn control_plane(opts: Options) -> Result<()> {
     gangplank_tests::check_privileges()?;
     if opts.services > 32_768 {
         bail!("--services: at most 32768 (one address each in 198.18.128.0/17)");

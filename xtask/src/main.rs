@@ -2,6 +2,7 @@
 //! is plain cargo: userspace's build.rs builds the eBPF programs.
 
 mod bench;
+mod bench_packets;
 mod demo;
 mod setup;
 
@@ -36,7 +37,8 @@ enum Cmd {
     },
     /// Set up, build, and run the simulated-cluster demo with a report.
     Demo,
-    /// Set up, build (release), and measure the agent at scale.
+    /// Set up, build (release), and measure the agent at scale and the
+    /// datapath's per-packet cost (`--only control|packets` for one part).
     Bench(bench::Options),
     /// (internal) `bench` from the release build.
     #[command(hide = true)]
@@ -116,9 +118,7 @@ fn main() -> Result<()> {
                     "--",
                     "bench-release",
                 ])
-                .arg(format!("--services={}", opts.services))
-                .arg(format!("--endpoints={}", opts.endpoints))
-                .arg(format!("--changes={}", opts.changes)))
+                .args(opts.to_args()))
         }
         Cmd::BenchRelease(opts) => bench::run(opts),
     }
