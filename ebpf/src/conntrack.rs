@@ -35,16 +35,19 @@ pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -
     }
 }
 
-/// A live entry for `key`: expired entries are treated as absent (the
-/// garbage collector may not have reached them yet).
+/// A live entry for `key`, with the current time: expired entries are
+/// treated as absent (the garbage collector may not have reached them
+/// yet). The clock is read only on a hit, so the many packets that match
+/// nothing do not pay for it.
 #[inline(always)]
-pub fn lookup(key: &CtKey, now: u32) -> Option<*mut CtEntry> {
+pub fn lookup(key: &CtKey) -> Option<(*mut CtEntry, u32)> {
     let entry = GP_CT.get_ptr_mut(key)?;
+    let now = now_secs();
     // SAFETY: pointer from a successful lookup, valid for this program run.
     if unsafe { (*entry).expires } < now {
         return None;
     }
-    Some(entry)
+    Some((entry, now))
 }
 
 /// How long an entry lives after a packet with `tcp_flags` and entry
@@ -86,7 +89,7 @@ pub fn touch(entry: *mut CtEntry, proto: u8, tcp_flags: u8, add_flags: u16, now:
 /// Same as [`touch`] for the entry of the other direction, if it exists.
 #[inline(always)]
 pub fn touch_peer(key: &CtKey, proto: u8, tcp_flags: u8, add_flags: u16, now: u32) {
-    if let Some(entry) = lookup(key, now) {
+    if let Some((entry, _)) = lookup(key) {
         touch(entry, proto, tcp_flags, add_flags, now);
     }
 }

@@ -85,11 +85,10 @@ pub fn ingress<P: Forward>(p: &mut P, ifindex: u32) -> Verdict {
 
 #[inline(always)]
 fn ingress_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
-    let now = now_secs();
     if flow.has_options && !P::FAST_PATH {
         if let Some(opt) = p.load::<DsrOpt>(IP_OPTIONS) {
             if opt.kind == DSR_OPT_TYPE && opt.len == DSR_OPT_LEN {
-                return dsr_arrival(p, flow, &opt, now);
+                return dsr_arrival(p, flow, &opt, now_secs());
             }
         }
     }
@@ -98,7 +97,7 @@ fn ingress_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
     let in_key = conntrack::key(
         flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, CT_DIR_IN,
     );
-    if let Some(entry) = conntrack::lookup(&in_key, now) {
+    if let Some((entry, now)) = conntrack::lookup(&in_key) {
         // SAFETY: pointer from a successful lookup, valid for this run.
         let ct = unsafe { *entry };
         let reopened = flow.is_tcp()
@@ -117,8 +116,9 @@ fn ingress_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
         // should see.
     }
 
-    // 3. A reply to one of our SNAT ports.
-    if !P::FAST_PATH {
+    // 3. A reply to one of our SNAT ports (only those are looked up: most
+    // packets arriving at a node are not).
+    if !P::FAST_PATH && u16::from_be(flow.dport) >= SNAT_PORT_MIN {
         let key = conntrack::key(
             flow.saddr,
             flow.daddr,
@@ -127,7 +127,7 @@ fn ingress_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
             flow.proto,
             CT_DIR_REPLY_SNAT,
         );
-        if let Some(entry) = conntrack::lookup(&key, now) {
+        if let Some((entry, now)) = conntrack::lookup(&key) {
             // SAFETY: as above.
             let ct = unsafe { *entry };
             conntrack::touch(entry, flow.proto, flow.tcp_flags, CT_FLAG_SEEN_REPLY, now);
@@ -155,7 +155,7 @@ fn ingress_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
     }
 
     // 4. A new flow.
-    new_flow(p, flow, ifindex, now)
+    new_flow(p, flow, ifindex)
 }
 
 /// The flow as it is after a rewrite (for routing decisions).
@@ -211,10 +211,11 @@ fn dsr_opt(flow: &Flow) -> DsrOpt {
 }
 
 #[inline(always)]
-fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32, now: u32) -> Verdict {
+fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
     let Some((key, svc)) = frontend(flow) else {
         return Verdict::Continue;
     };
+    let now = now_secs();
     let local_only = svc.flags & SVC_FLAG_LOCAL != 0;
     let Some(choice) = choose(&key, &svc, flow) else {
         // No backend (or, with externalTrafficPolicy Local, none on this
@@ -423,7 +424,7 @@ fn ingress_icmp<P: Forward>(p: &mut P, icmp: &IcmpError, ifindex: u32) -> Verdic
         inner.proto,
         CT_DIR_REPLY_SNAT,
     );
-    let Some(entry) = conntrack::lookup(&key, now_secs()) else {
+    let Some((entry, _)) = conntrack::lookup(&key) else {
         return Verdict::Continue;
     };
     // SAFETY: pointer from a successful lookup.
@@ -466,7 +467,6 @@ pub fn egress<P: Packet>(p: &mut P) -> Verdict {
 
 #[inline(always)]
 fn egress_flow<P: Packet>(p: &mut P, flow: &Flow) -> Verdict {
-    let now = now_secs();
     let key = conntrack::key(
         flow.saddr,
         flow.daddr,
@@ -475,7 +475,7 @@ fn egress_flow<P: Packet>(p: &mut P, flow: &Flow) -> Verdict {
         flow.proto,
         CT_DIR_REPLY_OUT,
     );
-    let Some(entry) = conntrack::lookup(&key, now) else {
+    let Some((entry, now)) = conntrack::lookup(&key) else {
         return Verdict::Continue;
     };
     // SAFETY: pointer from a successful lookup.
@@ -519,7 +519,7 @@ fn egress_icmp<P: Packet>(p: &mut P, icmp: &IcmpError) -> Verdict {
         inner.proto,
         CT_DIR_REPLY_OUT,
     );
-    let Some(entry) = conntrack::lookup(&key, now_secs()) else {
+    let Some((entry, _)) = conntrack::lookup(&key) else {
         return Verdict::Continue;
     };
     // SAFETY: pointer from a successful lookup.
