@@ -86,10 +86,10 @@ impl Forward for TcContext {
         params.l4_protocol = flow.proto;
         params.sport = flow.sport;
         params.dport = flow.dport;
-        params.__bindgen_anon_1.tot_len = match Packet::load::<u16>(self, IP_TOT_LEN) {
-            Some(len) => u16::from_be(len),
-            None => return Verdict::Drop,
-        };
+        // tot_len stays 0: with a length the kernel compares it with the
+        // route MTU and refuses GSO packets (64 KB aggregates from GRO or a
+        // local sender's TSO) as "fragmentation needed"; without one it
+        // checks forwardability the way the stack does, segments included.
         params.ifindex = ingress_ifindex;
         params.__bindgen_anon_3.ipv4_src = flow.saddr;
         params.__bindgen_anon_4.ipv4_dst = flow.daddr;

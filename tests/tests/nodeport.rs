@@ -851,11 +851,13 @@ fn uninstall_detaches_the_device_programs() {
 /// 4 MB up and 4 MB down per connection, every byte checked by gp-probe,
 /// to pod-a1: through node-a it is a local backend (DNAT only), through
 /// node-b a remote one (SNAT or DSR), so both directions of every
-/// translation carry full-sized (GSO) segments.
-fn bulk_transfers(mode: &str) {
+/// translation carry full-sized (GSO) segments. With XDP on the node's
+/// veth, the kernel turns off segmentation offload on its peer, so only
+/// `--xdp off` sees 64 KB segments arrive.
+fn bulk_transfers(mode: &str, xdp: &str) {
     let svc = web("NodePort");
-    let opts = AgentOpts::lan().lb_mode(mode);
-    let env = setup(&format!("np-bulk-{mode}"), &svc, &["pod-a1"], opts);
+    let opts = AgentOpts::lan().lb_mode(mode).xdp(xdp);
+    let env = setup(&format!("np-bulk-{mode}-{xdp}"), &svc, &["pod-a1"], opts);
     for entry in ["node-a", "node-b"] {
         let results = probe(
             &env.c,
@@ -884,10 +886,12 @@ fn bulk_transfers(mode: &str) {
 
 #[test]
 fn bulk_transfers_survive_snat() {
-    bulk_transfers("snat");
+    bulk_transfers("snat", "auto");
+    bulk_transfers("snat", "off");
 }
 
 #[test]
 fn bulk_transfers_survive_dsr() {
-    bulk_transfers("dsr");
+    bulk_transfers("dsr", "auto");
+    bulk_transfers("dsr", "off");
 }
