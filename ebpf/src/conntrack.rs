@@ -4,8 +4,9 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use gangplank_common::{
-    CtEntry, CtKey, CT_FLAG_CLOSING, CT_FLAG_SEEN_REPLY, CT_TIMEOUT_OTHER, CT_TIMEOUT_TCP_CLOSING,
-    CT_TIMEOUT_TCP_ESTABLISHED, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, PROTO_TCP, PROTO_UDP,
+    CtEntry, CtKey, CT_FLAG_CLOSING, CT_FLAG_FIN, CT_FLAG_PEER_FIN, CT_FLAG_SEEN_REPLY,
+    CT_TIMEOUT_OTHER, CT_TIMEOUT_TCP_CLOSING, CT_TIMEOUT_TCP_ESTABLISHED, CT_TIMEOUT_TCP_SYN,
+    CT_TIMEOUT_UDP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::headers::{TCP_FIN, TCP_RST};
@@ -63,17 +64,54 @@ pub fn lifetime(proto: u8, flags: u16) -> u32 {
     }
 }
 
-/// Record a packet on an entry: closing state on FIN/RST, `add_flags`
-/// (e.g. seen-reply), and a new expiry. Writes only when something
-/// changes, at most about once a second per flow, to keep the cache line
-/// quiet under load.
+/// Record a packet of this entry's direction: FIN and RST state,
+/// `add_flags` (e.g. seen-reply), and a new expiry.
 #[inline(always)]
 pub fn touch(entry: *mut CtEntry, proto: u8, tcp_flags: u8, add_flags: u16, now: u32) {
+    let mut add = add_flags;
+    if proto == PROTO_TCP {
+        if tcp_flags & TCP_RST != 0 {
+            add |= CT_FLAG_CLOSING;
+        }
+        if tcp_flags & TCP_FIN != 0 {
+            add |= CT_FLAG_FIN;
+        }
+    }
+    update(entry, proto, add, now);
+}
+
+/// The same packet, recorded on the entry of the other direction (if it
+/// still exists): both entries of a flow then live and end together, so a
+/// reply entry (and its SNAT port) never outlives its flow, nor expires
+/// under a flow that only sends one way.
+#[inline(always)]
+pub fn touch_peer(key: &CtKey, proto: u8, tcp_flags: u8, add_flags: u16, now: u32) -> bool {
+    let Some((entry, _)) = lookup(key) else {
+        return false;
+    };
+    let mut add = add_flags;
+    if proto == PROTO_TCP {
+        if tcp_flags & TCP_RST != 0 {
+            add |= CT_FLAG_CLOSING;
+        }
+        if tcp_flags & TCP_FIN != 0 {
+            add |= CT_FLAG_PEER_FIN;
+        }
+    }
+    update(entry, proto, add, now);
+    true
+}
+
+/// Add flags and push the expiry out. Writes only when something changes
+/// (the expiry has a one-second grain), to keep the cache line quiet under
+/// load.
+#[inline(always)]
+fn update(entry: *mut CtEntry, proto: u8, add: u16, now: u32) {
     // SAFETY: pointer from a successful lookup, valid for this program run;
     // concurrent writers race benignly (both write a sensible value).
     unsafe {
-        let mut flags = (*entry).flags | add_flags;
-        if proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        let mut flags = (*entry).flags | add;
+        if flags & (CT_FLAG_FIN | CT_FLAG_PEER_FIN) == CT_FLAG_FIN | CT_FLAG_PEER_FIN {
             flags |= CT_FLAG_CLOSING;
         }
         let expires = now.saturating_add(lifetime(proto, flags));
@@ -83,14 +121,6 @@ pub fn touch(entry: *mut CtEntry, proto: u8, tcp_flags: u8, add_flags: u16, now:
         if expires != (*entry).expires {
             (*entry).expires = expires;
         }
-    }
-}
-
-/// Same as [`touch`] for the entry of the other direction, if it exists.
-#[inline(always)]
-pub fn touch_peer(key: &CtKey, proto: u8, tcp_flags: u8, add_flags: u16, now: u32) {
-    if let Some((entry, _)) = lookup(key) {
-        touch(entry, proto, tcp_flags, add_flags, now);
     }
 }
 

@@ -14,17 +14,17 @@
 //! as their source; ICMP errors they send are translated likewise.
 
 use gangplank_common::{
-    Config, CtEntry, BACKEND_FLAG_LOCAL, CT_DIR_IN, CT_DIR_REPLY_OUT, CT_DIR_REPLY_SNAT,
-    CT_FLAG_CLOSING, CT_FLAG_DSR, CT_FLAG_REDIRECT, CT_FLAG_SEEN_REPLY, CT_FLAG_SNAT, DSR_OPT_LEN,
-    DSR_OPT_TYPE, LB_MODE_DSR, LB_MODE_HYBRID, PROTO_UDP, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    SVC_FLAG_LOCAL,
+    Config, CtEntry, ServiceKey, BACKEND_FLAG_LOCAL, CT_DIR_IN, CT_DIR_REPLY_OUT,
+    CT_DIR_REPLY_SNAT, CT_FLAG_CLOSING, CT_FLAG_DSR, CT_FLAG_REDIRECT, CT_FLAG_SEEN_REPLY,
+    CT_FLAG_SNAT, DSR_OPT_LEN, DSR_OPT_TYPE, LB_MODE_DSR, LB_MODE_HYBRID, NODEPORT_ADDRESS,
+    PROTO_UDP, SCOPE_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_LOCAL,
 };
 
 use crate::conntrack::{self, now_secs, BPF_NOEXIST};
 use crate::headers::{
-    parse, Flow, IcmpError, Parsed, IP_OFF, IP_OPTIONS, IP_TTL, TCP_ACK, TCP_SYN,
+    parse, Flow, IcmpError, Parsed, IP_OFF, IP_OPTIONS, IP_TTL, TCP_ACK, TCP_RST, TCP_SYN,
 };
-use crate::maps::{GP_CONFIG, GP_DEVICES, GP_NODE_ADDRS};
+use crate::maps::{GP_CONFIG, GP_DEVICES, GP_NODE_ADDRS, GP_SERVICES};
 use crate::nat::{rewrite_flow, rewrite_icmp_error, IcmpRewrite, Rewrite};
 use crate::packet::Packet;
 use crate::select::{backend_alive, choose, flow_hash, frontend, remember};
@@ -107,13 +107,41 @@ fn ingress_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
             if P::FAST_PATH && ct.flags & CT_FLAG_REDIRECT != 0 {
                 return Verdict::Continue;
             }
-            conntrack::touch(entry, flow.proto, flow.tcp_flags, 0, now);
-            return forward_known(p, flow, &ct, ifindex);
+            // Replies of a DSR flow never come back here: the client's
+            // first packet after its SYN is what says "established".
+            let established =
+                if ct.flags & CT_FLAG_DSR != 0 && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+                    CT_FLAG_SEEN_REPLY
+                } else {
+                    0
+                };
+            conntrack::touch(entry, flow.proto, flow.tcp_flags, established, now);
+            // The entry the replies use (none on this node for DSR) must
+            // live as long: if it is gone (evicted), the flow starts over.
+            let peer_alive = ct.flags & CT_FLAG_DSR != 0 || {
+                let dir = if ct.flags & CT_FLAG_SNAT != 0 {
+                    CT_DIR_REPLY_SNAT
+                } else {
+                    CT_DIR_REPLY_OUT
+                };
+                let peer = conntrack::key(
+                    ct.new_daddr,
+                    ct.new_saddr,
+                    ct.new_dport,
+                    ct.new_sport,
+                    flow.proto,
+                    dir,
+                );
+                conntrack::touch_peer(&peer, flow.proto, flow.tcp_flags, 0, now)
+            };
+            if peer_alive {
+                return forward_known(p, flow, &ct, ifindex);
+            }
         }
         // The backend is gone (or the client reuses the ports of a closed
-        // connection): choose again below. A TCP flow that is not at its
-        // SYN will be reset by the new backend, which is what the client
-        // should see.
+        // connection, or the reply entry was evicted): choose again below.
+        // A TCP flow that is not at its SYN will be reset by the new
+        // backend, which is what the client should see.
     }
 
     // 3. A reply to one of our SNAT ports (only those are looked up: most
@@ -212,6 +240,10 @@ fn dsr_opt(flow: &Flow) -> DsrOpt {
 
 #[inline(always)]
 fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
+    // A RST of no known flow opens nothing (and a RST scan creates no state).
+    if flow.is_tcp() && flow.tcp_flags & TCP_RST != 0 {
+        return Verdict::Continue;
+    }
     let Some((key, svc)) = frontend(flow) else {
         return Verdict::Continue;
     };
@@ -260,9 +292,25 @@ fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
         let in_key = conntrack::key(
             flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, CT_DIR_IN,
         );
-        if conntrack::insert(&reply_key, &reply, 0).is_none()
-            || conntrack::insert(&in_key, &orig, 0).is_none()
-        {
+        // The reply key has no frontend in it: the same client address and
+        // port talking to two frontends that share this backend would
+        // clash. The second flow is refused (the client retries from
+        // another port) instead of stealing the first one's replies.
+        if conntrack::insert(&reply_key, &reply, BPF_NOEXIST).is_none() {
+            let same = match conntrack::lookup(&reply_key) {
+                Some((old, _)) => {
+                    // SAFETY: pointer from a successful lookup.
+                    let old = unsafe { *old };
+                    old.new_saddr == reply.new_saddr && old.new_sport == reply.new_sport
+                }
+                // Expired (not yet collected): take it over.
+                None => true,
+            };
+            if !same || conntrack::insert(&reply_key, &reply, 0).is_none() {
+                return Verdict::Drop;
+            }
+        }
+        if conntrack::insert(&in_key, &orig, 0).is_none() {
             return Verdict::Drop;
         }
         return forward_known(p, flow, &orig, ifindex);
@@ -385,6 +433,12 @@ fn snat_address(flow: &Flow, ifindex: u32) -> Option<u32> {
 /// client from the frontend, strip the option, deliver to the local pod.
 #[inline(always)]
 fn dsr_arrival<P: Forward>(p: &mut P, flow: &Flow, opt: &DsrOpt, now: u32) -> Verdict {
+    // The option must name one of our external frontends: anything else
+    // is not a peer node's DSR and must not get to choose our replies'
+    // source address.
+    if !is_external_frontend(opt.address, opt.port, flow.proto) {
+        return Verdict::Drop;
+    }
     let key = conntrack::key(
         flow.daddr,
         flow.saddr,
@@ -407,6 +461,17 @@ fn dsr_arrival<P: Forward>(p: &mut P, flow: &Flow, opt: &DsrOpt, now: u32) -> Ve
         return Verdict::Drop;
     }
     Verdict::Pass
+}
+
+/// Whether `address:port` is an external frontend of ours (a load-balancer
+/// or external IP, or a NodePort of any node: the option then carries the
+/// entry node's address, which is not ours).
+#[inline(always)]
+fn is_external_frontend(address: u32, port: u16, proto: u8) -> bool {
+    let exact = ServiceKey::scoped(address, port, proto, SCOPE_EXTERNAL, 0);
+    let node_port = ServiceKey::scoped(NODEPORT_ADDRESS, port, proto, SCOPE_EXTERNAL, 0);
+    // SAFETY: read-only lookups of plain integers.
+    unsafe { GP_SERVICES.get(&exact).is_some() || GP_SERVICES.get(&node_port).is_some() }
 }
 
 /// ICMP errors arriving for a SNATed flow (from the backend's node or a

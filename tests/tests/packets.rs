@@ -42,7 +42,7 @@ use gangplank_common::*;
 use gangplank_tests::packet::{self, Csum, Frame, Packet, Transport};
 use gangplank_tests::packet::{
     ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED, IPPROTO_GRE,
-    IPPROTO_SCTP, IPPROTO_UDP, IP_MF, TCP_ACK, TCP_FIN, TCP_SYN,
+    IPPROTO_SCTP, IPPROTO_UDP, IP_MF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 use gangplank_tests::test_run::{
     self, Ctx, Frontend, Maps, MapsSnapshot, RunResult, SkbCtx, XdpCtx, TC_ACT_OK, TC_ACT_REDIRECT,
@@ -888,23 +888,67 @@ fn tcp_to_a_local_backend_is_dnat_only_with_valid_checksums() {
         }
     }
 
-    // FIN: the entries are closing.
+    // FIN from the client: half-closed, not closing (the backend may
+    // still send for long); then the backend's FIN: both entries closing.
     let client = sa(CLIENT, 40001);
+    let backend = sa(POD_A1, TCP_TARGET);
     let fin = Packet::tcp(client, np, TCP_FIN | TCP_ACK).build();
-    b.expect_nat("FIN", Prog::TcIn, &fin, TC_ACT_OK, false);
-    match b.ct(&ct_key(client, np, PROTO_TCP, CT_DIR_IN)) {
-        Some(e) if e.flags & CT_FLAG_CLOSING != 0 => {
-            let left = e.expires.saturating_sub(monotonic_secs());
-            if left > CT_TIMEOUT_TCP_CLOSING + 1 {
-                b.fail(
-                    "FIN",
-                    format!("closing entry lives {left} s, expected <= {CT_TIMEOUT_TCP_CLOSING}"),
-                );
-            }
-        }
+    b.expect_nat("client FIN", Prog::TcIn, &fin, TC_ACT_OK, false);
+    let in_key = ct_key(client, np, PROTO_TCP, CT_DIR_IN);
+    let out_key = ct_key(backend, client, PROTO_TCP, CT_DIR_REPLY_OUT);
+    match (b.ct(&in_key), b.ct(&out_key)) {
+        (Some(i), Some(o))
+            if i.flags & CT_FLAG_CLOSING == 0
+                && i.flags & CT_FLAG_FIN != 0
+                && o.flags & CT_FLAG_PEER_FIN != 0 => {}
         other => b.fail(
-            "FIN",
-            format!("expected the entry to be marked closing, got {other:?}"),
+            "client FIN",
+            format!("expected a half-closed flow (FIN on the way in, peer FIN on the way out), got {other:?}"),
+        ),
+    }
+    let reply_fin = Packet::tcp(backend, client, TCP_FIN | TCP_ACK).build();
+    b.expect_nat("backend FIN", Prog::TcEg, &reply_fin, TC_ACT_OK, false);
+    for (name, key) in [("in", in_key), ("reply", out_key)] {
+        match b.ct(&key) {
+            Some(e) if e.flags & CT_FLAG_CLOSING != 0 => {
+                let left = e.expires.saturating_sub(monotonic_secs());
+                if left > CT_TIMEOUT_TCP_CLOSING + 1 {
+                    b.fail(
+                        "backend FIN",
+                        format!("closing {name} entry lives {left} s, expected <= {CT_TIMEOUT_TCP_CLOSING}"),
+                    );
+                }
+            }
+            other => b.fail(
+                "backend FIN",
+                format!("expected the {name} entry to be marked closing, got {other:?}"),
+            ),
+        }
+    }
+
+    // A RST alone closes at once, in both entries.
+    let client = sa(CLIENT, 40011);
+    let syn_frame = Packet::tcp(client, np, TCP_SYN).build();
+    b.expect_nat("SYN before RST", Prog::TcIn, &syn_frame, TC_ACT_OK, false);
+    let rst = Packet::tcp(client, np, TCP_RST | TCP_ACK).build();
+    b.expect_nat("client RST", Prog::TcIn, &rst, TC_ACT_OK, false);
+    for key in [
+        ct_key(client, np, PROTO_TCP, CT_DIR_IN),
+        ct_key(backend, client, PROTO_TCP, CT_DIR_REPLY_OUT),
+    ] {
+        match b.ct(&key) {
+            Some(e) if e.flags & CT_FLAG_CLOSING != 0 => {}
+            other => b.fail("client RST", format!("expected closing, got {other:?}")),
+        }
+    }
+    // A RST of no known flow creates nothing.
+    let before = b.snapshot();
+    let stray = Packet::tcp(sa(CLIENT, 40012), np, TCP_RST).build();
+    match b.run(Prog::TcIn, &stray) {
+        Ok(r) if r.retval == TC_ACT_UNSPEC as u32 && b.snapshot() == before => {}
+        other => b.fail(
+            "stray RST",
+            format!("expected UNSPEC and no new state, got {other:?}"),
         ),
     }
     b.finish();
@@ -973,6 +1017,28 @@ fn tcp_to_a_remote_backend_is_snat_redirected_and_replies_come_back() {
         },
         CT_TIMEOUT_TCP_SYN,
     );
+
+    // The reply entry (and its SNAT port) lives as long as the flow: a
+    // packet in the original direction refreshes it too, so a flow that
+    // only sends one way never loses it to expiry.
+    let case = "the client's packets keep the reply entry alive";
+    let reply_key = ct_key(backend, snat, PROTO_TCP, CT_DIR_REPLY_SNAT);
+    if let Some(mut e) = b.ct(&reply_key) {
+        e.expires = monotonic_secs() + 1;
+        b.maps
+            .ct
+            .insert(reply_key, e, 0)
+            .expect("aging the reply entry");
+        let again = syn(client, np).build();
+        b.expect_nat(case, Prog::TcIn, &again, TC_ACT_REDIRECT, false);
+        match b.ct(&reply_key) {
+            Some(e) if e.expires >= monotonic_secs() + CT_TIMEOUT_TCP_SYN - 2 => {}
+            other => b.fail(
+                case,
+                format!("expected a refreshed reply entry, got {other:?}"),
+            ),
+        }
+    }
 
     // XDP leaves both directions of a redirected flow to tc.
     let reply = Packet::tcp(backend, snat, TCP_SYN | TCP_ACK).build();
@@ -1380,6 +1446,39 @@ fn dsr_option_is_added_for_remote_backends_and_removed_on_arrival() {
         if !f.ipv4().options.is_empty() {
             b.fail(case, format!("options: {:02x?}", f.ipv4().options));
         }
+    }
+    // Replies never pass the entry node in DSR: the client's ACK is what
+    // makes the flow established (a 60 s SYN lifetime would drop idle
+    // keep-alive connections).
+    b.expect_ct(
+        "DSR: the client's ACK makes the flow established",
+        ct_key(client, np, PROTO_TCP, CT_DIR_IN),
+        Ct {
+            new_src: client,
+            new_dst: backend,
+            backend_id: ID_B1_TCP,
+            rev_nat_id: 3,
+            flags: CT_FLAG_REDIRECT | CT_FLAG_DSR | CT_FLAG_SEEN_REPLY,
+        },
+        CT_TIMEOUT_TCP_ESTABLISHED,
+    );
+
+    // An option naming no frontend of ours is not a peer's DSR: dropped,
+    // and it must not plant a reply translation.
+    let case = "DSR option naming no frontend";
+    let before = b.snapshot();
+    let bogus = syn(sa(CLIENT, 40059), sa(POD_A1, TCP_TARGET))
+        .ip_options(&packet::dsr_option(sa(
+            Ipv4Addr::new(198, 18, 0, 99),
+            12345,
+        )))
+        .build();
+    match b.run(Prog::TcIn, &bogus) {
+        Ok(r) if r.retval == TC_ACT_SHOT as u32 && b.snapshot() == before => {}
+        other => b.fail(
+            case,
+            format!("expected SHOT and no new state, got {other:?}"),
+        ),
     }
 
     // On the backend's node: the option is taken off, the packet goes up

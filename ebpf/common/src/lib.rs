@@ -122,9 +122,14 @@ pub const CT_FLAG_DSR: u16 = 2;
 pub const CT_FLAG_SNAT: u16 = 4;
 /// [`CtEntry::flags`]: a packet in the other direction was seen.
 pub const CT_FLAG_SEEN_REPLY: u16 = 8;
-/// [`CtEntry::flags`]: a FIN or RST was seen; the entry lives for
-/// [`CT_TIMEOUT_TCP_CLOSING`] more seconds.
+/// [`CtEntry::flags`]: a RST was seen, or a FIN in each direction; the
+/// entry lives for [`CT_TIMEOUT_TCP_CLOSING`] more seconds.
 pub const CT_FLAG_CLOSING: u16 = 16;
+/// [`CtEntry::flags`]: this entry's direction sent a FIN.
+pub const CT_FLAG_FIN: u16 = 32;
+/// [`CtEntry::flags`]: the other direction sent a FIN (a half-closed
+/// connection is not closing: the other side may still send for long).
+pub const CT_FLAG_PEER_FIN: u16 = 64;
 
 /// The DSR IPv4 option, as Cilium encodes it: type (copied flag | 0x1a),
 /// length 8, service port, service address.
