@@ -945,7 +945,7 @@ fn tcp_to_a_local_backend_is_dnat_only_with_valid_checksums() {
     let before = b.snapshot();
     let stray = Packet::tcp(sa(CLIENT, 40012), np, TCP_RST).build();
     match b.run(Prog::TcIn, &stray) {
-        Ok(r) if r.retval == TC_ACT_UNSPEC as u32 && b.snapshot() == before => {}
+        Ok(r) if r.retval == TC_ACT_UNSPEC && b.snapshot() == before => {}
         other => b.fail(
             "stray RST",
             format!("expected UNSPEC and no new state, got {other:?}"),
@@ -1474,7 +1474,7 @@ fn dsr_option_is_added_for_remote_backends_and_removed_on_arrival() {
         )))
         .build();
     match b.run(Prog::TcIn, &bogus) {
-        Ok(r) if r.retval == TC_ACT_SHOT as u32 && b.snapshot() == before => {}
+        Ok(r) if r.retval == TC_ACT_SHOT && b.snapshot() == before => {}
         other => b.fail(
             case,
             format!("expected SHOT and no new state, got {other:?}"),
