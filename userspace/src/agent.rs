@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> Result<()> {
             Vec::new()
         }),
     };
+    warn_if_ports_overlap();
     let (mut datapath, maps) = Datapath::load(&config.bpffs).context("loading the datapath")?;
     datapath
         .set_lb_mode(config.lb_mode)
@@ -302,6 +303,31 @@ fn follow_devices(
     if before != after {
         if let Err(e) = attach_devices(datapath, devices, xdp) {
             warn!(error = %format!("{e:#}"), "cannot attach to a re-created device");
+        }
+    }
+}
+
+/// The SNAT range sits above the kernel's default ephemeral range; a node
+/// tuned to use those ports for its own connections could see replies to
+/// one of them taken for a NodePort flow's. Say so (changing the node's
+/// sysctls is not the agent's business).
+fn warn_if_ports_overlap() {
+    use gangplank_common::{SNAT_PORT_MAX, SNAT_PORT_MIN};
+    let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut bounds = range
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u32>().ok());
+    if let (Some(low), Some(high)) = (bounds.next(), bounds.next()) {
+        if high >= SNAT_PORT_MIN as u32 && low <= SNAT_PORT_MAX as u32 {
+            warn!(
+                ephemeral = %format!("{low}-{high}"),
+                snat = %format!("{SNAT_PORT_MIN}-{SNAT_PORT_MAX}"),
+                "net.ipv4.ip_local_port_range overlaps gangplank's SNAT ports: \
+                 lower it below {SNAT_PORT_MIN}, or reserve the range in \
+                 net.ipv4.ip_local_reserved_ports"
+            );
         }
     }
 }

@@ -324,7 +324,10 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
 }
 
 /// Attach a tc program with a tcx link (Linux 6.6+), first in the device's
-/// chain: programs of others after it still see what it passes on.
+/// chain. Packets it does not translate go on (TCX_NEXT) to the programs of
+/// others after it; translated ones end the chain there (delivered or
+/// redirected), as with Cilium, so a later program never sees a half
+/// translated flow.
 fn attach_tc(
     ebpf: &mut Ebpf,
     name: &str,

@@ -53,6 +53,11 @@ pub enum Error {
         "--devices: no device named {name:?} in this network namespace (devices here: {known})"
     )]
     UnknownDevice { name: String, known: String },
+    /// `--devices` names a device whose frames are not Ethernet.
+    #[error(
+        "--devices: {name} is not an Ethernet device (the load balancer parses Ethernet frames)"
+    )]
+    NotEthernet { name: String },
     /// `--devices` was given without any name.
     #[error("--devices is empty: name at least one device, or leave the flag out to detect them")]
     EmptyDeviceList,
@@ -163,6 +168,10 @@ pub(crate) struct Link {
     pub up: bool,
     /// IFF_LOOPBACK.
     pub loopback: bool,
+    /// ARPHRD_ETHER: frames start with an Ethernet header, which is what
+    /// the tc/XDP programs parse (tunnels such as ipip or WireGuard carry
+    /// bare IP packets).
+    pub ethernet: bool,
     /// IFLA_INFO_KIND ("bridge", "veth", "bond", ...); None for physical NICs.
     pub kind: Option<String>,
     /// IFLA_MASTER: the bridge, bond or VRF this device is a port of.
@@ -198,6 +207,8 @@ pub(crate) struct Inventory {
 pub(crate) enum Skip {
     Down,
     Loopback,
+    /// Not an Ethernet device (ipip, WireGuard, ...).
+    NotEthernet,
     /// Cilium leaves bridges out too: they front pods ("very unlikely to be
     /// used for K8s purposes"); the uplink is what external traffic enters.
     Bridge,
@@ -212,6 +223,7 @@ impl fmt::Display for Skip {
         match self {
             Skip::Down => f.write_str("down"),
             Skip::Loopback => f.write_str("loopback"),
+            Skip::NotEthernet => f.write_str("not Ethernet"),
             Skip::Bridge => f.write_str("bridge"),
             Skip::Enslaved(controller) => write!(f, "port of {controller}"),
             Skip::NoGlobalAddress => f.write_str("no global IPv4 address"),
@@ -252,6 +264,9 @@ impl Inventory {
     fn skip_reason(&self, link: &Link) -> Option<Skip> {
         if link.loopback {
             return Some(Skip::Loopback);
+        }
+        if !link.ethernet {
+            return Some(Skip::NotEthernet);
         }
         if matches!(link.kind.as_deref(), Some("bridge" | "openvswitch")) {
             return Some(Skip::Bridge);
@@ -323,6 +338,11 @@ pub(crate) fn select_named(inv: &Inventory, names: &[String]) -> Result<Vec<NetD
                 known: known.join(", "),
             });
         };
+        if !link.ethernet {
+            return Err(Error::NotEthernet {
+                name: name.to_string(),
+            });
+        }
         let device = inv.device(link);
         if device.addresses.is_empty() {
             warn!(

@@ -4,7 +4,9 @@ use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteNextHop};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -22,6 +24,7 @@ impl Ns {
             name: name.into(),
             up: true,
             loopback: name == "lo",
+            ethernet: name != "lo" && kind != Some("ipip"),
             kind: kind.map(Into::into),
             controller: None,
         });
@@ -302,6 +305,30 @@ fn table_lists_devices_and_marks_missing_addresses() {
     );
 }
 
+#[test]
+fn tunnels_are_not_detected_and_cannot_be_named() {
+    // An ipip tunnel with an address and a route carries bare IP packets:
+    // the datapath parses Ethernet, so it must stay out.
+    let ns = Ns::default()
+        .link(1, "lo", None)
+        .link(2, "eth0", None)
+        .link(3, "tunl0", Some("ipip"))
+        .addr(2, [198, 18, 0, 10])
+        .addr(3, [10, 99, 0, 1])
+        .route(2)
+        .route(3);
+    let found = select_auto(&ns.0).expect("eth0 qualifies");
+    assert_eq!(
+        found.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        ["eth0"]
+    );
+    let err = select_named(&ns.0, &["tunl0".to_string()]).expect_err("not Ethernet");
+    assert!(
+        err.to_string().contains("tunl0 is not an Ethernet device"),
+        "{err}"
+    );
+}
+
 // -- decoding of rtnetlink messages -----------------------------------------
 
 #[test]
@@ -309,6 +336,7 @@ fn link_messages_give_name_flags_kind_and_controller() {
     let mut m = LinkMessage::default();
     m.header.index = 4;
     m.header.flags = LinkFlags::Up | LinkFlags::Broadcast;
+    m.header.link_layer_type = LinkLayerType::Ether;
     m.attributes = vec![
         LinkAttribute::IfName("veth0".into()),
         LinkAttribute::Controller(3),
@@ -321,6 +349,7 @@ fn link_messages_give_name_flags_kind_and_controller() {
             name: "veth0".into(),
             up: true,
             loopback: false,
+            ethernet: true,
             kind: Some("veth".into()),
             controller: Some(3),
         })
