@@ -1,8 +1,12 @@
 //! `cargo xtask`: orchestration only (set-up, tests, demo). The build itself
 //! is plain cargo: userspace's build.rs builds the eBPF programs.
 
+#[cfg(feature = "harness")]
 mod bench;
+mod bench_options;
+#[cfg(feature = "harness")]
 mod bench_packets;
+#[cfg(feature = "harness")]
 mod demo;
 mod setup;
 
@@ -39,10 +43,17 @@ enum Cmd {
     Demo,
     /// Set up, build (release), and measure the agent at scale and the
     /// datapath's per-packet cost (`--only control|packets` for one part).
-    Bench(bench::Options),
-    /// (internal) `bench` from the release build.
+    Bench(bench_options::Options),
+    /// (internal) `bench` from the release build, with the harness.
     #[command(hide = true)]
-    BenchRelease(bench::Options),
+    BenchRelease(bench_options::Options),
+    /// (internal) the demo, with the harness.
+    #[command(hide = true)]
+    DemoRun,
+    /// (internal) checks and clean-up before the end-to-end tests, with the
+    /// harness.
+    #[command(hide = true)]
+    PreTest,
 }
 
 pub fn root_dir() -> PathBuf {
@@ -71,12 +82,31 @@ fn build() -> Result<()> {
     run(cargo().args(["build", "--all-targets"]))
 }
 
+/// Run a hidden xtask command in an xtask built with the harness (after
+/// set-up, so that it can be built).
+fn with_harness(release: bool, args: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(["--package", "xtask", "--features", "harness", "--"])
+        .args(args);
+    run(&mut cmd)
+}
+
 fn test(args: &[String]) -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))
         .context("code is not formatted: run `cargo fmt --all`")?;
-    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    gangplank_tests::check_privileges()?;
-    gangplank_tests::sweep_stale()?;
+    run(cargo().args([
+        "clippy",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    with_harness(false, &["pre-test".into()])?;
     // End-to-end tests build whole clusters; two cores run about four at a
     // time comfortably.
     run(cargo().args(["test", "--"]).args(args).env(
@@ -101,25 +131,60 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             setup::setup()?;
             build()?;
-            demo::run()
+            with_harness(false, &["demo-run".into()])
         }
         Cmd::Bench(opts) => {
             setup::setup()?;
             // Benchmarks measure the optimised build: run the bench from a
             // release xtask so that it finds the release agent next to it.
             run(cargo().args(["build", "--release", "--bins"]))?;
-            run(cargo()
-                .args([
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "--package",
-                    "xtask",
-                    "--",
-                    "bench-release",
-                ])
-                .args(opts.to_args()))
+            let mut args = vec!["bench-release".to_string()];
+            args.extend(opts.to_args());
+            with_harness(true, &args)
         }
-        Cmd::BenchRelease(opts) => bench::run(opts),
+        Cmd::BenchRelease(opts) => harness::bench(opts),
+        Cmd::DemoRun => harness::demo(),
+        Cmd::PreTest => harness::pre_test(),
+    }
+}
+
+/// What needs the simulated-cluster harness; without the `harness` feature
+/// these say how they are meant to be run.
+#[cfg(feature = "harness")]
+mod harness {
+    use anyhow::Result;
+
+    pub fn bench(opts: crate::bench_options::Options) -> Result<()> {
+        crate::bench::run(opts)
+    }
+
+    pub fn demo() -> Result<()> {
+        crate::demo::run()
+    }
+
+    pub fn pre_test() -> Result<()> {
+        gangplank_tests::check_privileges()?;
+        gangplank_tests::sweep_stale()
+    }
+}
+
+#[cfg(not(feature = "harness"))]
+mod harness {
+    use anyhow::{bail, Result};
+
+    fn needs_harness() -> Result<()> {
+        bail!("internal command: run it through `cargo xtask` (it needs --features harness)")
+    }
+
+    pub fn bench(_: crate::bench_options::Options) -> Result<()> {
+        needs_harness()
+    }
+
+    pub fn demo() -> Result<()> {
+        needs_harness()
+    }
+
+    pub fn pre_test() -> Result<()> {
+        needs_harness()
     }
 }
