@@ -1010,13 +1010,21 @@ fn a_full_maglev_map_degrades_to_random_choice_instead_of_failing_the_frontend()
     let stats = w.sync([&first, &second]);
     assert_eq!(stats.failed, 0, "both frontends are served");
     assert!(w.maps().violations.is_empty(), "{:#?}", w.maps().violations);
-    assert!(
-        table_addresses(&w, &first.key).is_some(),
-        "the first has its table"
+    // Whichever is written first gets the room; the other is served from
+    // its slots, without a table.
+    let with_table: Vec<bool> = [&first, &second]
+        .iter()
+        .map(|fe| table_addresses(&w, &fe.key).is_some())
+        .collect();
+    assert_eq!(
+        with_table.iter().filter(|t| **t).count(),
+        1,
+        "one table fits: {with_table:?}"
     );
-    let master = w.maps().state.services[&service_key(&second.key, 0)];
-    assert_eq!(master.count, 2, "the second is served from its slots");
-    assert_eq!(master.flags & SVC_FLAG_MAGLEV, 0, "without a table");
+    for fe in [&first, &second] {
+        let master = w.maps().state.services[&service_key(&fe.key, 0)];
+        assert_eq!(master.count, 2, "{} is served", fe.key);
+    }
     assert_eq!(w.maps().chunks.len(), 2, "no partial table left behind");
 }
 
