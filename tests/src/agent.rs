@@ -134,7 +134,8 @@ impl Agent {
             .args(self.opts.args())
             .env("RUST_LOG", self.opts.log.as_deref().unwrap_or("info"));
         let mut proc = cluster.spawn_agent_process(&self.node, cmd)?;
-        proc.wait_for_stderr_line(|l| l.contains("initial sync complete"), START_TIMEOUT)
+        // "agent ready" comes after the XDP fast path is attached too.
+        proc.wait_for_stderr_line(|l| l.contains("agent ready"), START_TIMEOUT)
             .with_context(|| format!("agent on {} did not sync", self.node))?;
         self.proc = Some(proc);
         Ok(())

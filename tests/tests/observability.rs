@@ -321,7 +321,7 @@ fn kernel_has_xdp(c: &Cluster, node: &str) -> bool {
 fn metrics_endpoint_serves_readiness_liveness_map_fill_and_conntrack() {
     let env = nodeport_env("obs-metrics", observed(AgentOpts::lan()));
     for node in ["node-a", "node-b"] {
-        // Agent::start returned after "initial sync complete".
+        // Agent::start returned after "agent ready" (ready = synced and attached).
         let (status, body) = http_get(&env.c, node, "/readyz");
         assert_eq!(status, 200, "/readyz on {node} after the sync: {body}");
         let (status, body) = http_get(&env.c, node, "/healthz");

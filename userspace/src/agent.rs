@@ -130,6 +130,16 @@ pub async fn run(config: Config) -> Result<()> {
         .context("--maglev-table-size")?;
     let adopted = writer.len();
     let installed = started.elapsed();
+    // tcx attachment waits for RCU grace periods (~10 ms per hook): done
+    // while the manifests are read. Attaching before the maps are synced is
+    // safe for tc, unlike for the socket hooks: a packet the maps do not
+    // know yet goes on untranslated, exactly as with no program at all, and
+    // pinned maps of a previous agent are served as that agent left them.
+    let tc_devices = devices.clone();
+    let tc_attach = std::thread::Builder::new()
+        .name("gp-tc-attach".into())
+        .spawn(move || attach_tc(&mut datapath, &tc_devices).map(|()| datapath))
+        .context("starting the tc attach thread")?;
 
     // The watcher's first batches are a full scan of the directory, taken
     // after the watch is set up, so no change can slip in between. Objects
@@ -174,6 +184,9 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let scanned = started.elapsed();
     stats.add(writer.finish_sync(&desired));
+    let mut datapath = tc_attach
+        .join()
+        .map_err(|_| anyhow::anyhow!("the tc attach thread panicked"))??;
     // Only now do the new programs go live: with fresh maps (first start,
     // or an upgrade) they would otherwise pass service traffic through
     // untranslated until the sync was done. A previous agent's programs,
@@ -181,7 +194,6 @@ pub async fn run(config: Config) -> Result<()> {
     datapath
         .attach(&config.cgroup)
         .context("attaching the socket load balancer")?;
-    attach_devices(&mut datapath, &devices, config.xdp)?;
     let health =
         HealthServer::start(config.health_bind).context("starting the health-check server")?;
     let mut health_checks: Vec<HealthCheck> = store.health_checks();
@@ -217,7 +229,11 @@ pub async fn run(config: Config) -> Result<()> {
     );
     metrics.observe_sync(started.elapsed());
     metrics.set_frontends(writer.len());
+    // tc already does everything; the XDP fast path (a driver
+    // reconfiguration, tens of milliseconds on some drivers) comes after.
+    attach_xdp(&mut datapath, &devices, config.xdp)?;
     metrics.set_ready();
+    info!("agent ready");
 
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -264,14 +280,23 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-fn attach_devices(datapath: &mut Datapath, devices: &[NetDevice], xdp: XdpSetting) -> Result<()> {
-    let list: Vec<(String, u32)> = devices
+fn device_list(devices: &[NetDevice]) -> Vec<(String, u32)> {
+    devices
         .iter()
         .map(|d| (d.name.clone(), d.ifindex))
-        .collect();
+        .collect()
+}
+
+fn attach_tc(datapath: &mut Datapath, devices: &[NetDevice]) -> Result<()> {
+    datapath
+        .attach_devices(&device_list(devices))
+        .context("attaching the device programs")
+}
+
+fn attach_xdp(datapath: &mut Datapath, devices: &[NetDevice], xdp: XdpSetting) -> Result<()> {
     for dev in datapath
-        .attach_devices(&list, xdp)
-        .context("attaching the device programs")?
+        .attach_xdp(&device_list(devices), xdp)
+        .context("attaching the XDP fast path")?
     {
         info!(device = %dev.name, ifindex = dev.ifindex, xdp = dev.xdp, "device load balancer attached");
     }
@@ -301,7 +326,9 @@ fn follow_devices(
     }
     let after: Vec<u32> = devices.iter().map(|d| d.ifindex).collect();
     if before != after {
-        if let Err(e) = attach_devices(datapath, devices, xdp) {
+        let attached =
+            attach_tc(datapath, devices).and_then(|()| attach_xdp(datapath, devices, xdp));
+        if let Err(e) = attached {
             warn!(error = %format!("{e:#}"), "cannot attach to a re-created device");
         }
     }

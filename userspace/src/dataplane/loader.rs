@@ -211,15 +211,14 @@ impl Datapath {
         })
     }
 
-    /// Attach the tc programs (and XDP where possible) to `devices`,
-    /// replacing the links of a previous agent without a gap; devices whose
-    /// links are pinned but that are not in `devices` any more are detached.
-    pub fn attach_devices(
-        &mut self,
-        devices: &[(String, u32)],
-        xdp: XdpSetting,
-    ) -> Result<Vec<DeviceAttachment>> {
-        let mut attached = Vec::new();
+    /// Attach the tc programs to `devices`, replacing the links of a
+    /// previous agent without a gap; links on devices no longer in
+    /// `devices` (tc and XDP) are detached. XDP is [`attach_xdp`]'s job: the
+    /// agent attaches tc first (the whole datapath) and XDP, which takes a
+    /// driver reconfiguration, once it has reported ready.
+    ///
+    /// [`attach_xdp`]: Self::attach_xdp
+    pub fn attach_devices(&mut self, devices: &[(String, u32)]) -> Result<()> {
         for (name, ifindex) in devices {
             let pin_name = pin_safe(name);
             for (program, attach_type, prefix) in [
@@ -231,6 +230,40 @@ impl Datapath {
                     .map_err(load_err(format!("attaching {program} to {name}")))?;
                 swap_pins(link, &self.dirs.links, &link_name)?;
             }
+        }
+        // Links of devices no longer configured.
+        let wanted: Vec<String> = devices.iter().map(|(n, _)| pin_safe(n)).collect();
+        for entry in fs::read_dir(&self.dirs.links)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let device = ["tc_in_", "tc_out_", "xdp_"]
+                .iter()
+                .find_map(|p| file.strip_prefix(p));
+            if let Some(device) = device {
+                let device = device.split("_new").next().unwrap_or(device);
+                if !wanted.iter().any(|w| w == device) {
+                    remove_link_pins(&self.dirs.links, &file)?;
+                    info!(link = %file, "detached from a device no longer configured");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The XDP fast path on `devices` (`--xdp`): attached (or its program
+    /// swapped in a previous agent's link) where the driver has native XDP,
+    /// removed with `off`.
+    pub fn attach_xdp(
+        &mut self,
+        devices: &[(String, u32)],
+        xdp: XdpSetting,
+    ) -> Result<Vec<DeviceAttachment>> {
+        let mut attached = Vec::new();
+        for (name, ifindex) in devices {
+            let pin_name = pin_safe(name);
             let with_xdp = match xdp {
                 XdpSetting::Off => {
                     remove_link_pins(&self.dirs.links, &format!("xdp_{pin_name}"))?;
@@ -252,25 +285,6 @@ impl Datapath {
                 ifindex: *ifindex,
                 xdp: with_xdp,
             });
-        }
-        // Links of devices no longer configured.
-        let wanted: Vec<String> = devices.iter().map(|(n, _)| pin_safe(n)).collect();
-        for entry in fs::read_dir(&self.dirs.links)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            let device = ["tc_in_", "tc_out_", "xdp_"]
-                .iter()
-                .find_map(|p| file.strip_prefix(p));
-            if let Some(device) = device {
-                let device = device.split("_new").next().unwrap_or(device);
-                if !wanted.iter().any(|w| w == device) {
-                    remove_link_pins(&self.dirs.links, &file)?;
-                    info!(link = %file, "detached from a device no longer configured");
-                }
-            }
         }
         Ok(attached)
     }
