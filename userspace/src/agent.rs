@@ -114,7 +114,8 @@ pub async fn run(config: Config) -> Result<()> {
         }),
     };
     warn_if_ports_overlap();
-    let (mut datapath, maps) = Datapath::load(&config.bpffs).context("loading the datapath")?;
+    let (mut datapath, maps) =
+        Datapath::load_socket_only(&config.bpffs).context("loading the datapath")?;
     datapath
         .set_lb_mode(config.lb_mode)
         .context("setting --lb-mode")?;
@@ -130,15 +131,21 @@ pub async fn run(config: Config) -> Result<()> {
         .context("--maglev-table-size")?;
     let adopted = writer.len();
     let installed = started.elapsed();
-    // tcx attachment waits for RCU grace periods (~10 ms per hook): done
-    // while the manifests are read. Attaching before the maps are synced is
+    // Verifying the tc/XDP programs and attaching tc (tcx waits for RCU
+    // grace periods, ~10 ms per hook) take tens of milliseconds: done while
+    // the manifests are read. Attaching before the maps are synced is
     // safe for tc, unlike for the socket hooks: a packet the maps do not
     // know yet goes on untranslated, exactly as with no program at all, and
     // pinned maps of a previous agent are served as that agent left them.
     let tc_devices = devices.clone();
     let tc_attach = std::thread::Builder::new()
         .name("gp-tc-attach".into())
-        .spawn(move || attach_tc(&mut datapath, &tc_devices).map(|()| datapath))
+        .spawn(move || {
+            datapath
+                .load_device_programs()
+                .context("loading the tc/XDP programs")?;
+            attach_tc(&mut datapath, &tc_devices).map(|()| datapath)
+        })
         .context("starting the tc attach thread")?;
 
     // The watcher's first batches are a full scan of the directory, taken

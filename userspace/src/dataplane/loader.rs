@@ -128,6 +128,16 @@ impl Datapath {
     ///
     /// Returns the datapath and the maps for the writer.
     pub fn load(bpffs: &Path) -> Result<(Self, BpfMaps)> {
+        let (mut datapath, maps) = Self::load_socket_only(bpffs)?;
+        datapath.load_device_programs()?;
+        Ok((datapath, maps))
+    }
+
+    /// Like [`load`](Self::load), but the tc and XDP programs are left for
+    /// [`load_device_programs`](Self::load_device_programs): the agent
+    /// verifies them on another thread while it reads the manifests (the
+    /// verifier spends tens of milliseconds on them).
+    pub fn load_socket_only(bpffs: &Path) -> Result<(Self, BpfMaps)> {
         let dirs = PinDirs::new(bpffs);
         for dir in [&dirs.maps, &dirs.links] {
             fs::create_dir_all(dir)
@@ -156,20 +166,25 @@ impl Datapath {
         for name in SOCKET_PROGRAMS {
             load_program(&mut ebpf, name)?;
         }
+        let maps = BpfMaps::take(&mut ebpf)?;
+        Ok((Self { ebpf, dirs }, maps))
+    }
+
+    /// Load (verify) the tc and XDP programs.
+    pub fn load_device_programs(&mut self) -> Result<()> {
         for name in [TC_INGRESS, TC_EGRESS] {
-            classifier(&mut ebpf, name)?
+            classifier(&mut self.ebpf, name)?
                 .load()
                 .map_err(boxed)
                 .map_err(load_err(format!("loading {name}")))?;
         }
         for name in [XDP, XDP_PASS] {
-            xdp_program(&mut ebpf, name)?
+            xdp_program(&mut self.ebpf, name)?
                 .load()
                 .map_err(boxed)
                 .map_err(load_err(format!("loading {name}")))?;
         }
-        let maps = BpfMaps::take(&mut ebpf)?;
-        Ok((Self { ebpf, dirs }, maps))
+        Ok(())
     }
 
     /// A loaded program's fd (tests and benchmarks run it with
