@@ -1,0 +1,4 @@
+//! gangplank's Ingress proxy: Kubernetes Ingress v1 objects become an
+//! immutable route table (`route`) and a certificate store chosen by SNI
+//! (`tls`); the proxy swaps both atomically on every change.
+#![forbid(unsafe_code)]
