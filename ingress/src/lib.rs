@@ -2,5 +2,7 @@
 //! immutable route table (`route`) and a certificate store chosen by SNI
 //! (`tls`); the proxy swaps both atomically on every change.
 #![forbid(unsafe_code)]
+pub mod proxy;
 pub mod route;
 pub mod tls;
+pub mod upstream;
