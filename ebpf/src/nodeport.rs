@@ -474,26 +474,32 @@ fn is_external_frontend(address: u32, port: u16, proto: u8) -> bool {
     unsafe { GP_SERVICES.get(&exact).is_some() || GP_SERVICES.get(&node_port).is_some() }
 }
 
-/// ICMP errors arriving for a SNATed flow (from the backend's node or a
-/// router between): translate to what the client sent, send to the client.
+/// The reply entry (direction `dir`) of the flow an ICMP error quotes: the
+/// quoted packet went toward the backend, so the entry is keyed by the
+/// backend's answer to it.
 #[inline(always)]
-fn ingress_icmp<P: Forward>(p: &mut P, icmp: &IcmpError, ifindex: u32) -> Verdict {
-    let inner = &icmp.inner;
-    // The quoted packet went node → backend; our reply entry is keyed by
-    // the backend's answer to it.
+fn quoted_flow(inner: &Flow, dir: u8) -> Option<CtEntry> {
     let key = conntrack::key(
         inner.daddr,
         inner.saddr,
         inner.dport,
         inner.sport,
         inner.proto,
-        CT_DIR_REPLY_SNAT,
+        dir,
     );
-    let Some((entry, _)) = conntrack::lookup(&key) else {
+    let (entry, _) = conntrack::lookup(&key)?;
+    // SAFETY: pointer from a successful lookup, valid for this run.
+    Some(unsafe { *entry })
+}
+
+/// ICMP errors arriving for a SNATed flow (from the backend's node or a
+/// router between): translate to what the client sent, send to the client.
+#[inline(always)]
+fn ingress_icmp<P: Forward>(p: &mut P, icmp: &IcmpError, ifindex: u32) -> Verdict {
+    // The quoted packet went node → backend (SNATed).
+    let Some(ct) = quoted_flow(&icmp.inner, CT_DIR_REPLY_SNAT) else {
         return Verdict::Continue;
     };
-    // SAFETY: pointer from a successful lookup.
-    let ct = unsafe { *entry };
     let rw = IcmpRewrite {
         outer_saddr: ct.new_saddr,
         outer_daddr: ct.new_daddr,
@@ -574,21 +580,10 @@ fn egress_flow<P: Packet>(p: &mut P, flow: &Flow) -> Verdict {
 #[inline(always)]
 fn egress_icmp<P: Packet>(p: &mut P, icmp: &IcmpError) -> Verdict {
     let inner = &icmp.inner;
-    // The quoted packet went client → backend; the reply entry is keyed by
-    // the backend's answer.
-    let key = conntrack::key(
-        inner.daddr,
-        inner.saddr,
-        inner.dport,
-        inner.sport,
-        inner.proto,
-        CT_DIR_REPLY_OUT,
-    );
-    let Some((entry, _)) = conntrack::lookup(&key) else {
+    // The quoted packet went client → backend (DNATed).
+    let Some(ct) = quoted_flow(inner, CT_DIR_REPLY_OUT) else {
         return Verdict::Continue;
     };
-    // SAFETY: pointer from a successful lookup.
-    let ct = unsafe { *entry };
     let rw = IcmpRewrite {
         outer_saddr: ct.new_saddr,
         outer_daddr: icmp.daddr,

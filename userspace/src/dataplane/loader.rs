@@ -410,6 +410,10 @@ fn attach_xdp(
 /// Pin `link` as `links_dir/name`, unpinning (so detaching) any previous
 /// link of that name once ours is in place.
 fn swap_pins(link: FdLink, links_dir: &Path, name: &str) -> Result<()> {
+    // Unique per agent process, so a staging pin left by an agent that died
+    // mid-handover (possibly the only attached link) is never removed
+    // before ours is in place. bpffs refuses names with a dot (EPERM).
+    // The pid alone can repeat (containers restart as pid 1): add the time.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -419,6 +423,8 @@ fn swap_pins(link: FdLink, links_dir: &Path, name: &str) -> Result<()> {
         .pin(&staging)
         .map_err(boxed)
         .map_err(load_err(format!("pinning link {}", staging.display())))?;
+    // Ours is attached and pinned: now every older link of this program
+    // (the previous agent's, or a staging pin of one that died) can go.
     for old in previous_pins(links_dir, name, &staging) {
         unpin_or_remove(&old)?;
     }
@@ -448,6 +454,7 @@ fn unpin_or_remove(path: &Path) -> Result<()> {
             link.unpin()
                 .map_err(boxed)
                 .map_err(load_err(format!("unpinning old link {}", path.display())))?;
+            debug!(pin = %path.display(), "replaced a previous link");
         }
         // Not a link (a stray file): remove it.
         Err(_) => {
@@ -566,46 +573,7 @@ fn attach_replacing(
         "{name}: link is not fd-based (kernel older than 5.7?)"
     )))?;
 
-    let pin = links_dir.join(name);
-    // Unique per agent process, so a staging pin left by an agent that died
-    // mid-handover (possibly the only attached link) is never removed
-    // before ours is in place. bpffs refuses names with a dot (EPERM).
-    // The pid alone can repeat (containers restart as pid 1): add the time.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let staging = links_dir.join(format!("{name}_new{}_{nanos}", std::process::id()));
-    let pinned = fd_link
-        .pin(&staging)
-        .map_err(boxed)
-        .map_err(load_err(format!("pinning link {}", staging.display())))?;
-    // Ours is attached and pinned: now every older link of this program
-    // (the previous agent's, or a staging pin of one that died) can go.
-    for old in previous_pins(links_dir, name, &staging) {
-        match PinnedLink::from_pin(&old) {
-            // Unpinning drops the last reference: the old link detaches.
-            Ok(link) => {
-                link.unpin()
-                    .map_err(boxed)
-                    .map_err(load_err(format!("unpinning old link {}", old.display())))?;
-                debug!(program = name, pin = %old.display(), "replaced a previous link");
-            }
-            // Not a link (a stray file): remove it so the rename works.
-            Err(_) => {
-                let _ = fs::remove_file(&old);
-            }
-        }
-    }
-    fs::rename(&staging, &pin)
-        .map_err(boxed)
-        .map_err(load_err(format!(
-            "renaming {} to {}",
-            staging.display(),
-            pin.display()
-        )))?;
-    drop(pinned);
-    Ok(())
+    swap_pins(fd_link, links_dir, name)
 }
 
 /// Pins in `dir` for program `name` other than `keep`: `name` itself and
