@@ -23,6 +23,7 @@ pub mod agent;
 pub mod bpf;
 pub mod cluster;
 pub mod manifests;
+pub mod northsouth;
 // Header fields and constants are named as in the RFCs and uapi headers.
 #[allow(missing_docs)]
 pub mod packet;

@@ -13,13 +13,14 @@
 //! Need root; run `cargo build` first (they start target/debug/gangplank).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gangplank_tests::agent::{gangplank_cmd, Agent, AgentOpts};
+use gangplank_tests::agent::{Agent, AgentOpts};
 use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
-use gangplank_tests::{Cluster, ProbeResult, Proc};
+use gangplank_tests::northsouth::{answered_by, probe, status, v4, Env};
+use gangplank_tests::{Cluster, ProbeResult};
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 10);
 /// `status.loadBalancer.ingress[].ip`, routed by the client via one node.
@@ -35,29 +36,8 @@ const TCP_TARGET: u16 = 8080;
 const UDP_TARGET: u16 = 5353;
 /// How long the agent may take to follow an address change.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
-const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 
 const PODS: &[&str] = &["pod-a1", "pod-a2", "pod-b1", "pod-b2"];
-
-/// A test's world; agents and servers drop before the cluster.
-struct Env {
-    agents: Vec<Agent>,
-    _servers: Vec<Proc>,
-    c: Cluster,
-}
-
-impl Env {
-    fn agent(&self, node: &str) -> &Agent {
-        self.agents
-            .iter()
-            .find(|a| a.node() == node)
-            .unwrap_or_else(|| panic!("no agent on {node}"))
-    }
-
-    fn node_ip(&self, node: &str) -> Ipv4Addr {
-        self.c.node(node).address
-    }
-}
 
 /// `default/web`: `http` 80/TCP (nodePort 30080), `dns` 53/UDP (nodePort
 /// 30053), of `type_` "NodePort" or "LoadBalancer".
@@ -107,14 +87,9 @@ fn setup(test: &str, svc: &Service, pods: &[&str], opts: AgentOpts) -> Env {
     let agents = Agent::start_all(&c, &opts).expect("starting the agents");
     Env {
         agents,
-        _servers: servers,
+        servers,
         c,
     }
-}
-
-fn probe(c: &Cluster, from: &str, args: &[&str]) -> Vec<ProbeResult> {
-    c.probe(from, args)
-        .unwrap_or_else(|e| panic!("probe from {from} {args:?}: {e:#}"))
 }
 
 /// `count` HTTP requests from the client to `ip:port`, each bounded by `timeout_ms`.
@@ -131,50 +106,6 @@ fn tcp(c: &Cluster, ip: Ipv4Addr, port: u16, count: usize, timeout_ms: u64) -> V
             &timeout_ms.to_string(),
         ],
     )
-}
-
-/// Which pod answered each attempt; panics on a failed attempt.
-fn answered_by(results: &[ProbeResult]) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for r in results {
-        assert!(r.ok, "attempt failed: {r:?}");
-        let pod = r
-            .pod()
-            .unwrap_or_else(|| panic!("reply without pod name: {r:?}"));
-        *seen.entry(pod.to_string()).or_insert(0) += 1;
-    }
-    seen
-}
-
-fn v4(a: SocketAddr) -> Ipv4Addr {
-    match a.ip() {
-        IpAddr::V4(ip) => ip,
-        IpAddr::V6(ip) => panic!("unexpected IPv6 address {ip}"),
-    }
-}
-
-/// `gangplank status -o json` for `agent`'s pins, run in its node's
-/// namespace (so interface names resolve there), parsed.
-fn status(c: &Cluster, agent: &Agent) -> serde_json::Value {
-    let mut cmd = gangplank_cmd().expect("gangplank binary (run `cargo build` first)");
-    cmd.args(["status", "-o", "json", "--bpffs"])
-        .arg(&agent.bpffs);
-    let out = c
-        .run_in_node(agent.node(), cmd, RUN_TIMEOUT)
-        .expect("running gangplank status");
-    assert!(
-        out.status.success(),
-        "gangplank status on {} failed ({}): {}",
-        agent.node(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "gangplank status printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 /// `(address, interface)` of each `node_addresses` row of a status.

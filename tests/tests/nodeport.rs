@@ -15,13 +15,13 @@
 //!
 //! Need root; run `cargo build` first (they start target/debug/gangplank).
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use gangplank_common::{SNAT_PORT_MAX, SNAT_PORT_MIN};
 use gangplank_tests::agent::{Agent, AgentOpts};
 use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
+use gangplank_tests::northsouth::{answered_by, probe, v4, Env};
 use gangplank_tests::probe::parse_lines;
 use gangplank_tests::{Cluster, ProbeResult, Proc};
 
@@ -40,44 +40,6 @@ const TCP_TARGET: u16 = 8080;
 const UDP_TARGET: u16 = 5353;
 
 const PODS: &[&str] = &["pod-a1", "pod-a2", "pod-b1", "pod-b2"];
-
-/// A test's world. Fields drop in order: agents and servers before the
-/// cluster (which would kill them anyway).
-struct Env {
-    agents: Vec<Agent>,
-    _servers: Vec<Proc>,
-    c: Cluster,
-}
-
-impl Env {
-    fn node_ip(&self, node: &str) -> Ipv4Addr {
-        self.c.node(node).address
-    }
-
-    fn client_ip(&self) -> Ipv4Addr {
-        self.c.client().ip
-    }
-
-    /// Restart the agent of `node` (SIGTERM, start, wait for its sync).
-    fn restart(&mut self, node: &str) {
-        let Env { agents, c, .. } = self;
-        let agent = agents
-            .iter_mut()
-            .find(|a| a.node() == node)
-            .unwrap_or_else(|| panic!("no agent on {node}"));
-        agent
-            .restart(c)
-            .unwrap_or_else(|e| panic!("restarting the agent on {node}: {e:#}"));
-    }
-
-    /// Restart every agent, one after the other.
-    fn restart_agents(&mut self) {
-        let nodes: Vec<String> = self.agents.iter().map(|a| a.node().to_string()).collect();
-        for node in nodes {
-            self.restart(&node);
-        }
-    }
-}
 
 fn cluster(test: &str) -> Cluster {
     Cluster::new(
@@ -152,14 +114,9 @@ fn setup(test: &str, svc: &Service, pods: &[&str], opts: AgentOpts) -> Env {
     let agents = Agent::start_all(&c, &opts).expect("starting the agents");
     Env {
         agents,
-        _servers: servers,
+        servers,
         c,
     }
-}
-
-fn probe(c: &Cluster, from: &str, args: &[&str]) -> Vec<ProbeResult> {
-    c.probe(from, args)
-        .unwrap_or_else(|e| panic!("probe from {from} {args:?}: {e:#}"))
 }
 
 fn tcp(c: &Cluster, from: &str, ip: Ipv4Addr, port: u16, count: usize) -> Vec<ProbeResult> {
@@ -190,26 +147,6 @@ fn udp(
         args.push("--connected");
     }
     probe(c, from, &args)
-}
-
-/// Which pod answered each attempt; panics on a failed attempt.
-fn answered_by(results: &[ProbeResult]) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for r in results {
-        assert!(r.ok, "attempt failed: {r:?}");
-        let pod = r
-            .pod()
-            .unwrap_or_else(|| panic!("reply without pod name: {r:?}"));
-        *seen.entry(pod.to_string()).or_insert(0) += 1;
-    }
-    seen
-}
-
-fn v4(a: SocketAddr) -> Ipv4Addr {
-    match a.ip() {
-        IpAddr::V4(ip) => ip,
-        IpAddr::V6(ip) => panic!("unexpected IPv6 address {ip}"),
-    }
 }
 
 /// The client address the backend saw, parsed.
@@ -444,7 +381,7 @@ fn local_policy_with_only_terminating_endpoints_fails_the_health_check() {
     let agents = Agent::start_all(&c, &AgentOpts::lan()).expect("agents");
     let env = Env {
         agents,
-        _servers: servers,
+        servers,
         c,
     };
     let a = env.node_ip("node-a");
@@ -775,7 +712,7 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
     let agents = Agent::start_all(&c, &AgentOpts::lan()).expect("agents");
     let env = Env {
         agents,
-        _servers: servers,
+        servers,
         c,
     };
     let a = env.node_ip("node-a");

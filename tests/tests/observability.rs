@@ -16,17 +16,17 @@
 //!
 //! Need root; run `cargo build` first (they start target/debug/gangplank).
 
-use std::collections::BTreeMap;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gangplank_tests::agent::{gangplank_cmd, Agent, AgentOpts};
+use gangplank_tests::agent::{Agent, AgentOpts};
 use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
+use gangplank_tests::northsouth::{answered_by, probe, status, Env};
 use gangplank_tests::test_run::in_netns;
-use gangplank_tests::{Cluster, ProbeResult, Proc};
+use gangplank_tests::{Cluster, ProbeResult};
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 10);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
@@ -43,26 +43,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pods running servers; pod-a3 and pod-b3 are clients.
 const SERVERS: &[&str] = &["pod-a1", "pod-a2", "pod-b1", "pod-b2"];
-
-/// A test's world; agents and servers drop before the cluster.
-struct Env {
-    agents: Vec<Agent>,
-    _servers: Vec<Proc>,
-    c: Cluster,
-}
-
-impl Env {
-    fn agent(&self, node: &str) -> &Agent {
-        self.agents
-            .iter()
-            .find(|a| a.node() == node)
-            .unwrap_or_else(|| panic!("no agent on {node}"))
-    }
-
-    fn node_ip(&self, node: &str) -> Ipv4Addr {
-        self.c.node(node).address
-    }
-}
 
 fn cluster(test: &str) -> Cluster {
     Cluster::new(
@@ -125,7 +105,7 @@ fn setup(test: &str, opts: AgentOpts, write_services: impl FnOnce(&Cluster)) -> 
     let agents = Agent::start_all(&c, &opts).expect("starting the agents");
     Env {
         agents,
-        _servers: servers,
+        servers,
         c,
     }
 }
@@ -152,11 +132,6 @@ fn observed(opts: AgentOpts) -> AgentOpts {
     .arg("1")
 }
 
-fn probe(c: &Cluster, from: &str, args: &[&str]) -> Vec<ProbeResult> {
-    c.probe(from, args)
-        .unwrap_or_else(|e| panic!("probe from {from} {args:?}: {e:#}"))
-}
-
 /// `count` attempts of gp-probe `mode` (tcp or udp) from `from` to `ip:port`.
 fn attempts(
     c: &Cluster,
@@ -171,19 +146,6 @@ fn attempts(
         from,
         &[mode, &format!("{ip}:{port}"), "--count", &count.to_string()],
     )
-}
-
-/// Which pod answered each attempt; panics on a failed attempt.
-fn answered_by(results: &[ProbeResult]) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for r in results {
-        assert!(r.ok, "attempt failed: {r:?}");
-        let pod = r
-            .pod()
-            .unwrap_or_else(|| panic!("reply without pod name: {r:?}"));
-        *seen.entry(pod.to_string()).or_insert(0) += 1;
-    }
-    seen
 }
 
 /// NodePort traffic from the client through node-a: `tcp` connections and
@@ -254,30 +216,6 @@ fn wait_for_sample(
 }
 
 // -- status -----------------------------------------------------------------
-
-/// `gangplank status -o json` for `agent`'s pins, run in its node's
-/// namespace (so interface names resolve there), parsed.
-fn status(c: &Cluster, agent: &Agent) -> serde_json::Value {
-    let mut cmd = gangplank_cmd().expect("gangplank binary (run `cargo build` first)");
-    cmd.args(["status", "-o", "json", "--bpffs"])
-        .arg(&agent.bpffs);
-    let out = c
-        .run_in_node(agent.node(), cmd, RUN_TIMEOUT)
-        .expect("running gangplank status");
-    assert!(
-        out.status.success(),
-        "gangplank status on {} failed ({}): {}",
-        agent.node(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "gangplank status printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
 
 /// The `maps` row called `name` of a status.
 fn map_row<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
