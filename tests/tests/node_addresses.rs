@@ -85,11 +85,7 @@ fn setup(test: &str, svc: &Service, pods: &[&str], opts: AgentOpts) -> Env {
     )
     .expect("writing manifests");
     let agents = Agent::start_all(&c, &opts).expect("starting the agents");
-    Env {
-        agents,
-        servers,
-        c,
-    }
+    Env { agents, servers, c }
 }
 
 /// `count` HTTP requests from the client to `ip:port`, each bounded by `timeout_ms`.

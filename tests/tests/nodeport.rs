@@ -112,11 +112,7 @@ fn setup(test: &str, svc: &Service, pods: &[&str], opts: AgentOpts) -> Env {
     let servers = serve(&c, PODS);
     write(&c, "web.yaml", svc, &ready(&c, pods));
     let agents = Agent::start_all(&c, &opts).expect("starting the agents");
-    Env {
-        agents,
-        servers,
-        c,
-    }
+    Env { agents, servers, c }
 }
 
 fn tcp(c: &Cluster, from: &str, ip: Ipv4Addr, port: u16, count: usize) -> Vec<ProbeResult> {
@@ -379,11 +375,7 @@ fn local_policy_with_only_terminating_endpoints_fails_the_health_check() {
         &[Endpoint::terminating(pod.ip, &pod.node)],
     );
     let agents = Agent::start_all(&c, &AgentOpts::lan()).expect("agents");
-    let env = Env {
-        agents,
-        servers,
-        c,
-    };
+    let env = Env { agents, servers, c };
     let a = env.node_ip("node-a");
     let json = wait_health(&env.c, a, 503);
     assert_eq!(
@@ -710,11 +702,7 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
         write(&c, &format!("{name}.yaml"), &svc, &ready(&c, &[pod]));
     }
     let agents = Agent::start_all(&c, &AgentOpts::lan()).expect("agents");
-    let env = Env {
-        agents,
-        servers,
-        c,
-    };
+    let env = Env { agents, servers, c };
     let a = env.node_ip("node-a");
     // A working UDP NodePort first, so a failure below is about ICMP.
     assert_from(&udp(&env.c, "client", a, NP_UDP, 1, true), a, NP_UDP);

@@ -103,11 +103,7 @@ fn setup(test: &str, opts: AgentOpts, write_services: impl FnOnce(&Cluster)) -> 
         .collect();
     write_services(&c);
     let agents = Agent::start_all(&c, &opts).expect("starting the agents");
-    Env {
-        agents,
-        servers,
-        c,
-    }
+    Env { agents, servers, c }
 }
 
 /// `default/web`, a NodePort service with endpoints on both nodes.
