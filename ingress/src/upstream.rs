@@ -7,14 +7,15 @@
 //! and EndpointSlices on every change and the proxy swaps an
 //! `Arc<UpstreamTable>` in atomically (see `Proxy::set_upstreams`); requests
 //! in flight keep the snapshot they started with. The key is the route's
-//! [`ServiceBackend`] exactly as written, so the model inserts a Service port
-//! under its number and, when it has one, under its name too; resolving the
-//! Service port to the endpoints' `targetPort` is the model's job, not the
-//! proxy's.
+//! [`ServiceBackend`] exactly as written (by port number or by port name), so
+//! [`build_upstreams`] inserts each backend under the key the Ingress used;
+//! resolving the Service port to the endpoints' `targetPort` happens there,
+//! not in the proxy.
 //!
 //! Round-robin cursors live in the snapshot: a swap restarts them, which
 //! costs nothing but a slightly uneven first round.
 
+mod build;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +24,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::route::{ServiceBackend, ServicePort};
+
+pub use build::{build_upstreams, UpstreamError, UpstreamErrorKind, SERVICE_NAME_LABEL};
 
 /// The ready endpoints of one Service port, with a round-robin cursor.
 #[derive(Debug, Default)]
