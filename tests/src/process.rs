@@ -524,12 +524,18 @@ impl Proc {
             .with_context(|| format!("{}: waitpid", self.label))
     }
 
-    /// Waits up to `timeout` for the process to exit; None if it is still running.
+    /// Waits up to `timeout` for the process to exit; None if it is still
+    /// running. After an exit, its output has been read to the end (bounded
+    /// by a short grace, for a grandchild that may hold the pipes), so
+    /// [`Proc::stdout_lines`] sees the last line too.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
         // Polling keeps the lock free for Drop/kill; 5 ms is plenty for tests.
         loop {
             if let Some(st) = self.try_wait()? {
+                let drained = Instant::now() + Duration::from_secs(2);
+                self.stdout.wait_eof(drained);
+                self.stderr.wait_eof(drained);
                 return Ok(Some(st));
             }
             if Instant::now() >= deadline {
