@@ -169,12 +169,7 @@ fn ingress_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
                 CT_DIR_IN,
             );
             conntrack::touch_peer(&peer, flow.proto, flow.tcp_flags, CT_FLAG_SEEN_REPLY, now);
-            let rw = Rewrite {
-                saddr: ct.new_saddr,
-                sport: ct.new_sport,
-                daddr: ct.new_daddr,
-                dport: ct.new_dport,
-            };
+            let rw = translation(&ct);
             if rewrite_flow(p, flow, &rw).is_none() {
                 return Verdict::Drop;
             }
@@ -184,6 +179,17 @@ fn ingress_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
 
     // 4. A new flow.
     new_flow(p, flow, ifindex)
+}
+
+/// The rewrite a conntrack entry prescribes.
+#[inline(always)]
+fn translation(ct: &CtEntry) -> Rewrite {
+    Rewrite {
+        saddr: ct.new_saddr,
+        sport: ct.new_sport,
+        daddr: ct.new_daddr,
+        dport: ct.new_dport,
+    }
 }
 
 /// The flow as it is after a rewrite (for routing decisions).
@@ -200,12 +206,7 @@ fn rewritten(flow: &Flow, rw: &Rewrite) -> Flow {
 
 #[inline(always)]
 fn forward_known<P: Forward>(p: &mut P, flow: &Flow, ct: &CtEntry, ifindex: u32) -> Verdict {
-    let rw = Rewrite {
-        saddr: ct.new_saddr,
-        sport: ct.new_sport,
-        daddr: ct.new_daddr,
-        dport: ct.new_dport,
-    };
+    let rw = translation(ct);
     if rewrite_flow(p, flow, &rw).is_none() {
         return Verdict::Drop;
     }

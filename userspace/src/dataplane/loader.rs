@@ -173,13 +173,13 @@ impl Datapath {
     /// Load (verify) the tc and XDP programs.
     pub fn load_device_programs(&mut self) -> Result<()> {
         for name in [TC_INGRESS, TC_EGRESS] {
-            classifier(&mut self.ebpf, name)?
+            program::<SchedClassifier>(&mut self.ebpf, name)?
                 .load()
                 .map_err(boxed)
                 .map_err(load_err(format!("loading {name}")))?;
         }
         for name in [XDP, XDP_PASS] {
-            xdp_program(&mut self.ebpf, name)?
+            program::<Xdp>(&mut self.ebpf, name)?
                 .load()
                 .map_err(boxed)
                 .map_err(load_err(format!("loading {name}")))?;
@@ -330,28 +330,6 @@ fn pin_safe(device: &str) -> String {
     device.replace('.', "_")
 }
 
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| Error::Load {
-            context: format!("program {name}"),
-            source: "missing from the eBPF object".into(),
-        })?
-        .try_into()
-        .map_err(boxed)
-        .map_err(load_err(format!("program {name}")))
-}
-
-fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| Error::Load {
-            context: format!("program {name}"),
-            source: "missing from the eBPF object".into(),
-        })?
-        .try_into()
-        .map_err(boxed)
-        .map_err(load_err(format!("program {name}")))
-}
-
 /// Attach a tc program with a tcx link (Linux 6.6+), first in the device's
 /// chain. Packets it does not translate go on (TCX_NEXT) to the programs of
 /// others after it; translated ones end the chain there (delivered or
@@ -363,7 +341,7 @@ fn attach_tc(
     ifindex: u32,
     attach_type: TcAttachType,
 ) -> std::result::Result<FdLink, Box<dyn std::error::Error + Send + Sync>> {
-    let program = classifier(ebpf, name).map_err(boxed)?;
+    let program = program::<SchedClassifier>(ebpf, name).map_err(boxed)?;
     let ifname = ifname(ifindex)?;
     let id = program.attach_with_options(
         &ifname,
@@ -395,7 +373,7 @@ fn attach_xdp(
     pin_name: &str,
 ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let pin = links_dir.join(format!("xdp_{pin_name}"));
-    let program = xdp_program(ebpf, XDP).map_err(boxed)?;
+    let program = program::<Xdp>(ebpf, XDP).map_err(boxed)?;
     if let Ok(pinned) = PinnedLink::from_pin(&pin) {
         let link = XdpLink::try_from(FdLink::from(pinned))?;
         program.attach_to_link(link)?;
@@ -521,7 +499,11 @@ fn check_layouts(ebpf: &Ebpf) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+/// Program `name` of the object, as the program type `T` it must be.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or_else(|| Error::Load {
             context: format!("program {name}"),
@@ -533,7 +515,7 @@ fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSo
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    socket_program(ebpf, name)?
+    program::<CgroupSockAddr>(ebpf, name)?
         .load()
         .map_err(boxed)
         .map_err(load_err(format!(
@@ -552,7 +534,7 @@ fn attach_replacing(
     cgroup: &Path,
     links_dir: &Path,
 ) -> Result<()> {
-    let program = socket_program(ebpf, name)?;
+    let program = program::<CgroupSockAddr>(ebpf, name)?;
     // bpf_link_create takes no attach flags for cgroups (EINVAL otherwise):
     // a cgroup link always behaves like BPF_F_ALLOW_MULTI, so other cgroup
     // programs (systemd, another CNI) keep working and the previous agent's
