@@ -2,6 +2,8 @@
 //! immutable route table (`route`) and a certificate store chosen by SNI
 //! (`tls`); the proxy swaps both atomically on every change.
 #![forbid(unsafe_code)]
+pub mod annotations;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod tls;

@@ -15,13 +15,20 @@
 //!    path is what is routed *and* what is forwarded.
 //! 3. **Route**: none, 404. A `resource` or invalid backend, a Service the
 //!    [`UpstreamTable`] does not know or one without ready endpoints, 503.
+//!    On the plain-HTTP listener, a host with a certificate from `spec.tls`
+//!    gets a 308 to `https://` unless its Ingress says
+//!    `gangplank.io/ssl-redirect: "false"`. A `Content-Length` over
+//!    [`ProxyConfig::max_body_bytes`]: 413 (a streamed body that grows past
+//!    it is cut off, and the client gets 413 too).
 //! 4. **Headers**: hop-by-hop headers stripped both ways (see
 //!    [`headers::strip_hop_by_hop`]); `X-Forwarded-For/-Proto/-Host/-Port`
 //!    and `X-Real-IP` set (see [`headers::set_forwarded`]); `Host` forwarded
 //!    as the client sent it (the authority for HTTP/2 clients); HTTP/2
 //!    cookie crumbs joined.
-//! 5. **Forward**: to the endpoint the Service's round-robin cursor points
-//!    at. When connecting fails (refused, unreachable, connect timeout) the
+//! 5. **Forward**: to the endpoint the Ingress's balancing policy picks
+//!    (round-robin, or least requests by power of two choices), over
+//!    HTTP/1.1 or, with `gangplank.io/backend-protocol: h2c|grpc`, HTTP/2
+//!    with prior knowledge. When connecting fails (refused, unreachable, connect timeout) the
 //!    next endpoint is tried, whatever the method: nothing was sent. When
 //!    an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) without
 //!    a body gets no response (the connection failed after it was sent), it
@@ -35,24 +42,31 @@
 //!    the two upgraded connections are spliced byte for byte
 //!    (WebSocket and any other protocol).
 //!
+//! 8. **Record**: when the response ends (or the client leaves), one JSON
+//!    access-log line and the request metrics (see [`record`]).
+//!
 //! # Reloads
-//! [`Proxy::set_routes`] and [`Proxy::set_upstreams`] swap immutable
-//! snapshots; each request reads each snapshot once, so a reload applies to
+//! [`Proxy::apply`] swaps one immutable [`ProxyState`] (routes, endpoints,
+//! Ingress options and TLS hosts together, so a new route never meets an
+//! old endpoint table); each request reads it once, so a reload applies to
 //! the next request and never disturbs one in flight (nor an open
 //! connection or upgraded tunnel).
 
 mod body;
 pub mod headers;
 pub mod path;
+pub mod record;
+mod serve;
 
 #[cfg(test)]
 mod tests;
 
-use std::convert::Infallible;
-use std::future::Future;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -60,23 +74,23 @@ use http::uri::{Authority, PathAndQuery, Scheme as UriScheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-pub use body::{BodySlot, ResponseBody, UpstreamBody};
+pub use body::{ActiveRequest, BodySlot, BodyTooLarge, ResponseBody, UpstreamBody};
 pub use headers::{Cidr, CidrError};
+pub use serve::{serve, serve_connection, serve_tls};
 
-use crate::route::{Backend, RouteTable};
+use crate::annotations::{BackendProtocol, IngressOptions};
+use crate::metrics::IngressMetrics;
+use crate::route::{Backend, IngressRef, RouteTable};
+use crate::tls::CertStore;
 use crate::upstream::UpstreamTable;
+use record::RequestRecord;
 
 /// How the proxy behaves towards clients and upstreams.
 #[derive(Clone, Debug)]
@@ -114,6 +128,26 @@ pub struct ProxyConfig {
     /// After shutdown is requested, how long in-flight requests may take to
     /// finish before their connections are closed. Default 30 s.
     pub shutdown_grace: Duration,
+    /// How long a client connection may sit with no request in flight and
+    /// no bytes moving before it is closed (nginx `keepalive_timeout`).
+    /// Default 75 s.
+    pub idle_timeout: Duration,
+    /// How long a client may take to complete the TLS handshake. Default
+    /// 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// Largest request body (413 beyond; nginx `client_max_body_size`).
+    /// Default 100 MiB.
+    pub max_body_bytes: u64,
+    /// Largest request head, HTTP/1 read buffer and HTTP/2 header list
+    /// (431 beyond). Default 64 KiB; HTTP/1 needs at least 8 KiB.
+    pub max_header_bytes: usize,
+    /// Concurrent streams per HTTP/2 client connection. Default 128.
+    pub max_concurrent_streams: u32,
+    /// Streams an HTTP/2 client may reset before we accept them, or make
+    /// us reset, before the connection is closed with GOAWAY
+    /// `ENHANCE_YOUR_CALM` (rapid reset, CVE-2023-44487 and
+    /// CVE-2025-8671). Default 50.
+    pub max_reset_streams: usize,
 }
 
 impl Default for ProxyConfig {
@@ -128,6 +162,12 @@ impl Default for ProxyConfig {
             pool_max_idle_per_endpoint: 128,
             header_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_body_bytes: 100 << 20,
+            max_header_bytes: 64 << 10,
+            max_concurrent_streams: 128,
+            max_reset_streams: 50,
         }
     }
 }
@@ -162,14 +202,28 @@ pub struct ConnInfo {
     pub scheme: Scheme,
 }
 
-/// The proxy: the current route and upstream snapshots, the upstream client
-/// pool and the server settings. Share it as `Arc<Proxy>`.
+/// Everything a request is routed with, swapped as one.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyState {
+    /// Host and path rules.
+    pub routes: Arc<RouteTable>,
+    /// Ready endpoints per backend.
+    pub upstreams: Arc<UpstreamTable>,
+    /// Annotation-driven options per Ingress (defaults when absent).
+    pub options: Arc<HashMap<IngressRef, IngressOptions>>,
+    /// The certificates: hosts they cover are redirected to HTTPS.
+    pub tls: Option<Arc<CertStore>>,
+}
+
+/// The proxy: the current [`ProxyState`], the upstream client pools and the
+/// server settings. Share it as `Arc<Proxy>`.
 pub struct Proxy {
     config: ProxyConfig,
-    routes: RwLock<Arc<RouteTable>>,
-    upstreams: RwLock<Arc<UpstreamTable>>,
+    state: ArcSwap<ProxyState>,
     client: Client<HttpConnector, UpstreamBody>,
+    h2c_client: Client<HttpConnector, UpstreamBody>,
     server: auto::Builder<TokioExecutor>,
+    metrics: Option<Arc<IngressMetrics>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -179,6 +233,10 @@ impl std::fmt::Debug for Proxy {
             .finish_non_exhaustive()
     }
 }
+
+/// A response body before it is wrapped for the record: the upstream's or
+/// our own.
+type Body = Either<Incoming, Full<Bytes>>;
 
 /// Why an upstream attempt sequence ended without a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,33 +249,50 @@ enum Failure {
 }
 
 impl Proxy {
-    /// A proxy with empty route and upstream tables (every request is 404
-    /// until [`Proxy::set_routes`]).
+    /// A proxy with empty tables (every request is 404 until
+    /// [`Proxy::apply`]) and no metrics.
     pub fn new(config: ProxyConfig) -> Self {
+        Self::with_metrics(config, None)
+    }
+
+    /// A proxy that counts requests and upstream errors in `metrics`.
+    pub fn with_metrics(config: ProxyConfig, metrics: Option<Arc<IngressMetrics>>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_endpoint)
             // We set Host ourselves, from the client's request.
-            .set_host(false)
-            .build(connector);
+            .set_host(false);
+        let client = builder.build(connector.clone());
+        // One multiplexed connection per endpoint: gRPC streams share it.
+        let h2c_client = builder.http2_only(true).build(connector);
         let mut server = auto::Builder::new(TokioExecutor::new());
         server
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout);
-        server.http2().timer(TokioTimer::new());
+            .header_read_timeout(config.header_read_timeout)
+            // hyper answers 431 when a request head outgrows the buffer.
+            .max_buf_size(config.max_header_bytes.max(8192));
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(config.max_reset_streams)
+            .max_local_error_reset_streams(config.max_reset_streams);
         Proxy {
             config,
-            routes: RwLock::default(),
-            upstreams: RwLock::default(),
+            state: ArcSwap::default(),
             client,
+            h2c_client,
             server,
+            metrics,
         }
     }
 
@@ -226,45 +301,63 @@ impl Proxy {
         &self.config
     }
 
-    /// Replaces the route table; the next request uses it.
+    /// The metrics, when counted.
+    pub fn metrics(&self) -> Option<&Arc<IngressMetrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Replaces the whole state at once; the next request uses it.
+    pub fn apply(&self, state: ProxyState) {
+        self.state.store(Arc::new(state));
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Arc<ProxyState> {
+        self.state.load_full()
+    }
+
+    /// Replaces the route table only (tests and simple callers).
     pub fn set_routes(&self, routes: Arc<RouteTable>) {
-        *self.routes.write().unwrap_or_else(PoisonError::into_inner) = routes;
+        self.state.rcu(|s| ProxyState {
+            routes: routes.clone(),
+            ..ProxyState::clone(s)
+        });
     }
 
-    /// Replaces the upstream table; the next request uses it.
+    /// Replaces the upstream table only (tests and simple callers).
     pub fn set_upstreams(&self, upstreams: Arc<UpstreamTable>) {
-        *self
-            .upstreams
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = upstreams;
+        self.state.rcu(|s| ProxyState {
+            upstreams: upstreams.clone(),
+            ..ProxyState::clone(s)
+        });
     }
 
-    /// The current route table.
-    pub fn routes(&self) -> Arc<RouteTable> {
-        self.routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// Answers one request from a client on `conn`; the access-log line
+    /// and metrics follow when the response ends.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
+        let host = request_host(&req);
+        let mut record = RequestRecord::start(
+            &req,
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            conn.peer,
+            self.metrics.clone(),
+        );
+        let resp = self.route_and_forward(req, host, conn, &mut record).await;
+        record.status = resp.status().as_u16();
+        resp.map(|body| ResponseBody::new(body).with_record(record))
     }
 
-    /// The current upstream table.
-    pub fn upstreams(&self) -> Arc<UpstreamTable> {
-        self.upstreams
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Answers one request from a client on `conn`.
-    pub async fn handle(
+    async fn route_and_forward(
         &self,
         mut req: Request<Incoming>,
+        host: Option<HeaderValue>,
         conn: ConnInfo,
-    ) -> Response<ResponseBody> {
+        record: &mut RequestRecord,
+    ) -> Response<Body> {
         if req.method() == Method::CONNECT {
             return local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
         }
-        let Some(host) = request_host(&req) else {
+        let Some(host) = host else {
             return local(StatusCode::BAD_REQUEST, "missing or invalid Host\n");
         };
         let Ok(host_str) = host.to_str() else {
@@ -277,20 +370,35 @@ impl Proxy {
                 return local(StatusCode::BAD_REQUEST, "invalid request path\n");
             }
         };
-        let routes = self.routes();
-        let Some(route) = routes.route(host_str, &path) else {
+        let state = self.state();
+        let Some(route) = state.routes.route(host_str, &path) else {
             debug!(host = host_str, %path, "no route");
             return local(StatusCode::NOT_FOUND, "no route\n");
         };
+        record.ingress = Some(route.ingress.clone());
+        let options = state
+            .options
+            .get(&route.ingress)
+            .copied()
+            .unwrap_or_default();
+        if conn.scheme == Scheme::Http && options.ssl_redirect {
+            let bare_host = strip_port(host_str);
+            if state.tls.as_ref().is_some_and(|tls| tls.has_tls(bare_host)) {
+                return redirect_to_https(bare_host, req.uri());
+            }
+        }
         let Backend::Service(service) = &route.backend else {
             debug!(host = host_str, %path, ingress = %route.ingress, "backend not served");
             return local(StatusCode::SERVICE_UNAVAILABLE, "backend not available\n");
         };
-        let upstreams = self.upstreams();
-        let Some(endpoints) = upstreams.get(service).filter(|e| !e.is_empty()) else {
+        record.service = Some(service.clone());
+        let Some(endpoints) = state.upstreams.get(service).filter(|e| !e.is_empty()) else {
             debug!(%service, "no ready endpoints");
             return local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints\n");
         };
+        if content_length(req.headers()).is_some_and(|len| len > self.config.max_body_bytes) {
+            return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
         let path_and_query = match req.uri().query() {
             Some(q) => PathAndQuery::from_maybe_shared(Bytes::from(format!("{path}?{q}"))),
             None => match path {
@@ -311,8 +419,12 @@ impl Proxy {
         let upgrade = headers::strip_hop_by_hop(&mut headers);
         match upgrade {
             // Only HTTP/1.1 has Upgrade (HTTP/2 forbids connection-specific
-            // headers; its extended CONNECT is not enabled).
-            Some(protocol) if req.version() == Version::HTTP_11 => {
+            // headers; its extended CONNECT is not enabled), and only an
+            // HTTP/1.1 upstream can switch.
+            Some(protocol)
+                if req.version() == Version::HTTP_11
+                    && options.backend_protocol == BackendProtocol::Http1 =>
+            {
                 headers::restore_upgrade(&mut headers, protocol);
                 client_upgrade = Some(hyper::upgrade::on(&mut req));
             }
@@ -334,9 +446,14 @@ impl Proxy {
         headers.insert(header::HOST, host.clone());
 
         let method = req.method().clone();
-        let body = BodySlot::new(req.into_body());
+        let body = BodySlot::new(req.into_body(), self.config.max_body_bytes);
         let retry_no_response = body.is_empty() && is_idempotent(&method);
-        let start = endpoints.next().unwrap_or(0);
+        let start = endpoints.pick(options.load_balance).unwrap_or(0);
+        let (client, version) = match options.backend_protocol {
+            BackendProtocol::Http1 => (&self.client, Version::HTTP_11),
+            BackendProtocol::H2c => (&self.h2c_client, Version::HTTP_2),
+        };
+        let service_label = service.to_string();
         let max_attempts = self.config.max_attempts.max(1);
         let mut offset = 0;
         let mut attempts = 0;
@@ -344,28 +461,39 @@ impl Proxy {
         let failure = loop {
             attempts += 1;
             let addr = endpoints.get(start + offset);
-            let upstream_req = match build_request(&method, addr, &path_and_query, &headers, &body)
-            {
-                Some(r) => r,
-                None => break Failure::Upstream,
-            };
+            record.attempts = attempts;
+            record.upstream = Some(addr);
+            let upstream_req =
+                match build_request(&method, addr, &path_and_query, &headers, &body, version) {
+                    Some(r) => r,
+                    None => break Failure::Upstream,
+                };
+            let in_flight = endpoints.start_request(start + offset);
             let sent = tokio::time::timeout(
                 self.config.response_header_timeout,
-                self.client.request(upstream_req),
+                client.request(upstream_req),
             )
             .await;
             match sent {
                 Ok(Ok(resp)) => {
                     debug!(%service, upstream = %addr, status = resp.status().as_u16(), attempts, "proxied");
+                    record.upstream_time = Some(record.started().elapsed());
+                    record.in_flight = Some(in_flight);
                     return respond(resp, client_upgrade);
                 }
                 Err(_) => {
                     warn!(%service, upstream = %addr, timeout = ?self.config.response_header_timeout, "upstream response timed out");
                     break Failure::Timeout;
                 }
+                Ok(Err(_)) if body.was_too_large() => {
+                    return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                }
                 Ok(Err(e)) if e.is_connect() => {
                     let timed_out = is_timeout(&e);
                     warn!(%service, upstream = %addr, error = %error_chain(&e), "upstream connect failed");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.upstream_connect_error(&service_label);
+                    }
                     offset += 1;
                     let failure = if timed_out {
                         Failure::Timeout
@@ -409,6 +537,39 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     }
 }
 
+/// `host` without a `:port` (IPv6 literals keep their brackets).
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    }
+}
+
+/// The `Content-Length` a request declares, if any and valid.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// 308 to the same host (default port) and request target over HTTPS:
+/// unlike 301/302, 308 keeps the method and body.
+fn redirect_to_https(host: &str, uri: &Uri) -> Response<Body> {
+    let target = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let mut resp = local(StatusCode::PERMANENT_REDIRECT, "redirecting to HTTPS\n");
+    match HeaderValue::try_from(format!("https://{host}{target}")) {
+        Ok(location) => {
+            resp.headers_mut().insert(header::LOCATION, location);
+            resp
+        }
+        // Not reached: host and target were valid header text already.
+        Err(_) => local(StatusCode::BAD_REQUEST, "invalid request target\n"),
+    }
+}
+
 /// RFC 9110 section 9.2.2.
 fn is_idempotent(method: &Method) -> bool {
     matches!(
@@ -425,6 +586,7 @@ fn build_request(
     path_and_query: &PathAndQuery,
     headers: &HeaderMap,
     body: &BodySlot,
+    version: Version,
 ) -> Option<Request<UpstreamBody>> {
     let authority = Authority::try_from(addr.to_string()).ok()?;
     let uri = Uri::builder()
@@ -436,17 +598,20 @@ fn build_request(
     let mut req = Request::new(body.attempt());
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
+    *req.version_mut() = version;
     *req.headers_mut() = headers.clone();
+    if version == Version::HTTP_2 {
+        // HTTP/2 carries the host in `:authority` (hyper fills it from the
+        // URI); a `Host` header naming the client's host is still
+        // allowed, and what virtual-hosting upstreams look at.
+        req.headers_mut().remove(header::CONNECTION);
+    }
     Some(req)
 }
 
 /// The client's response from the upstream's: hop-by-hop headers removed,
 /// a protocol switch spliced.
-fn respond(
-    mut resp: Response<Incoming>,
-    client_upgrade: Option<OnUpgrade>,
-) -> Response<ResponseBody> {
+fn respond(mut resp: Response<Incoming>, client_upgrade: Option<OnUpgrade>) -> Response<Body> {
     let upgrade = headers::strip_hop_by_hop(resp.headers_mut());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(client), Some(protocol)) = (client_upgrade, upgrade) else {
@@ -486,7 +651,7 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
 }
 
 /// A response of the proxy's own.
-fn local(status: StatusCode, message: &'static str) -> Response<ResponseBody> {
+fn local(status: StatusCode, message: &'static str) -> Response<Body> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
         message.as_bytes(),
     ))));
@@ -523,95 +688,4 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = err.source();
     }
     out
-}
-
-/// Accepts plain-TCP connections on `listener` and serves them with `proxy`
-/// (HTTP/1.1, and HTTP/2 with prior knowledge) until `shutdown` completes.
-/// Then it stops accepting, lets requests in flight finish (idle keep-alive
-/// connections are closed, HTTP/2 clients get GOAWAY) for at most
-/// [`ProxyConfig::shutdown_grace`], closes what is left and returns.
-/// Upgraded connections (WebSockets) are not waited for.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let local = match stream.local_addr() {
-                        Ok(local) => local,
-                        Err(e) => {
-                            debug!(error = %e, %peer, "connection gone before it was served");
-                            continue;
-                        }
-                    };
-                    // Small responses should not wait for Nagle.
-                    let _ = stream.set_nodelay(true);
-                    let conn = ConnInfo { peer, local, scheme: Scheme::Http };
-                    conns.spawn(serve_connection(stream, conn, proxy.clone(), stop_rx.clone()));
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    info!(
-        connections = conns.len(),
-        "shutting down: draining connections"
-    );
-    stop_tx.send_replace(true);
-    let grace = proxy.config.shutdown_grace;
-    let drained =
-        tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        warn!(
-            connections = conns.len(),
-            ?grace,
-            "grace period over: closing connections"
-        );
-        conns.shutdown().await;
-    }
-}
-
-/// Serves one client connection (any byte stream: plain TCP here, TLS
-/// later) until it closes, or, once `shutdown` turns true, until its
-/// in-flight requests are done.
-pub async fn serve_connection<I>(
-    io: I,
-    conn: ConnInfo,
-    proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service_proxy = proxy.clone();
-    let service = service_fn(move |req| {
-        let proxy = service_proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
-    });
-    let connection = proxy
-        .server
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    // The guard `wait_for` returns is not `Send`: drop it inside.
-    let stop = async move {
-        let _ = shutdown.wait_for(|&stop| stop).await.map(drop);
-    };
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stop => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(peer = %conn.peer, error = %error_chain(&*e), "client connection ended with an error");
-    }
 }

@@ -12,8 +12,9 @@
 //! resolving the Service port to the endpoints' `targetPort` happens there,
 //! not in the proxy.
 //!
-//! Round-robin cursors live in the snapshot: a swap restarts them, which
-//! costs nothing but a slightly uneven first round.
+//! Round-robin cursors and in-flight counts live in the snapshot: a swap
+//! restarts them, which costs nothing but a slightly uneven first round
+//! (requests still running on the old snapshot release their counts there).
 
 mod build;
 #[cfg(test)]
@@ -21,28 +22,85 @@ mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use crate::annotations::LoadBalance;
 use crate::route::{ServiceBackend, ServicePort};
 
 pub use build::{build_upstreams, UpstreamError, UpstreamErrorKind, SERVICE_NAME_LABEL};
 
-/// The ready endpoints of one Service port, with a round-robin cursor.
+/// The ready endpoints of one Service port, with a round-robin cursor and
+/// per-endpoint counts of requests in flight.
 #[derive(Debug, Default)]
 pub struct Endpoints {
     /// Ready endpoint addresses (pod IP and target port), in a stable order.
     addrs: Vec<SocketAddr>,
     /// The next index [`Endpoints::next`] hands out, modulo `addrs.len()`.
     cursor: AtomicUsize,
+    /// Requests in flight per endpoint (same order as `addrs`), for
+    /// least-requests balancing.
+    in_flight: Box<[AtomicU32]>,
+}
+
+/// One request in flight on an endpoint: counted until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    endpoints: Arc<Endpoints>,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoints.in_flight[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Endpoints {
     /// Endpoints with these addresses.
     pub fn new(addrs: Vec<SocketAddr>) -> Self {
         Endpoints {
+            in_flight: addrs.iter().map(|_| AtomicU32::new(0)).collect(),
             addrs,
             cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// The index of the endpoint to try first under `policy`; retries take
+    /// the ones after it. `None` when empty.
+    pub fn pick(&self, policy: LoadBalance) -> Option<usize> {
+        match policy {
+            LoadBalance::RoundRobin => self.next(),
+            LoadBalance::LeastRequests => {
+                let n = self.addrs.len();
+                if n < 2 {
+                    return self.next();
+                }
+                // Power of two choices (Mitzenmacher): two distinct random
+                // endpoints, the less loaded wins. Nearly as good as
+                // scanning all, without a hot spot when counts are stale.
+                let a = rand::random_range(0..n);
+                let b = (a + rand::random_range(1..n)) % n;
+                let load = |i: usize| self.in_flight[i].load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+        }
+    }
+
+    /// Counts a request on the endpoint at `index % len` until the
+    /// returned guard is dropped.
+    pub fn start_request(self: &Arc<Self>, index: usize) -> InFlight {
+        let index = index % self.addrs.len();
+        self.in_flight[index].fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoints: self.clone(),
+            index,
+        }
+    }
+
+    /// Requests in flight on the endpoint at `index`.
+    pub fn in_flight(&self, index: usize) -> u32 {
+        self.in_flight[index % self.addrs.len()].load(Ordering::Relaxed)
     }
 
     /// Every address.
@@ -81,7 +139,7 @@ impl Endpoints {
 /// `Arc<UpstreamTable>`. The empty table (`default()`) knows no Service.
 #[derive(Debug, Default)]
 pub struct UpstreamTable {
-    services: HashMap<ServiceBackend, Endpoints>,
+    services: HashMap<ServiceBackend, Arc<Endpoints>>,
 }
 
 impl UpstreamTable {
@@ -92,7 +150,8 @@ impl UpstreamTable {
 
     /// Sets the endpoints of `backend` (replacing any it had).
     pub fn insert(&mut self, backend: ServiceBackend, addrs: Vec<SocketAddr>) {
-        self.services.insert(backend, Endpoints::new(addrs));
+        self.services
+            .insert(backend, Arc::new(Endpoints::new(addrs)));
     }
 
     /// Builder form of [`UpstreamTable::insert`] for a numbered port, for
@@ -137,7 +196,7 @@ impl UpstreamTable {
 
     /// The endpoints of `backend`; `None` when the table does not know it
     /// (the proxy answers 503 as for no ready endpoint).
-    pub fn get(&self, backend: &ServiceBackend) -> Option<&Endpoints> {
+    pub fn get(&self, backend: &ServiceBackend) -> Option<&Arc<Endpoints>> {
         self.services.get(backend)
     }
 

@@ -23,8 +23,8 @@ fn looks_up_by_number_and_name() {
         .with_named("default", "web", "http", vec![addr(8081)]);
     let by_number = table.get(&backend("web", ServicePort::Number(80)));
     let by_name = table.get(&backend("web", ServicePort::Name("http".into())));
-    assert_eq!(by_number.map(Endpoints::addrs), Some(&[addr(8080)][..]));
-    assert_eq!(by_name.map(Endpoints::addrs), Some(&[addr(8081)][..]));
+    assert_eq!(by_number.map(|e| e.addrs()), Some(&[addr(8080)][..]));
+    assert_eq!(by_name.map(|e| e.addrs()), Some(&[addr(8081)][..]));
     assert!(
         table
             .get(&backend("web", ServicePort::Number(81)))
@@ -55,4 +55,40 @@ fn empty_endpoints_give_no_index() {
     let eps = Endpoints::new(Vec::new());
     assert!(eps.is_empty());
     assert_eq!(eps.next(), None, "expected no index from empty endpoints");
+}
+
+#[test]
+fn least_requests_avoids_the_busy_endpoint() {
+    let eps = Arc::new(Endpoints::new(vec![addr(1), addr(2)]));
+    // Endpoint 0 is busy: with two endpoints both are always sampled, so
+    // every pick must be endpoint 1.
+    let _busy: Vec<InFlight> = (0..3).map(|_| eps.start_request(0)).collect();
+    for _ in 0..50 {
+        assert_eq!(eps.pick(LoadBalance::LeastRequests), Some(1));
+    }
+    drop(_busy);
+    assert_eq!(eps.in_flight(0), 0, "guards release their count");
+    let idle_first: Vec<usize> = (0..200)
+        .filter_map(|_| eps.pick(LoadBalance::LeastRequests))
+        .collect();
+    assert!(
+        idle_first.contains(&0) && idle_first.contains(&1),
+        "with equal load both endpoints are chosen: {idle_first:?}"
+    );
+}
+
+#[test]
+fn least_requests_spreads_over_many_endpoints() {
+    let eps = Arc::new(Endpoints::new((1..=4).map(addr).collect()));
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        let i = eps.pick(LoadBalance::LeastRequests).expect("non-empty");
+        held.push(eps.start_request(i));
+    }
+    let loads: Vec<u32> = (0..4).map(|i| eps.in_flight(i)).collect();
+    let (min, max) = (loads.iter().min(), loads.iter().max());
+    assert!(
+        max.zip(min).is_some_and(|(max, min)| max - min <= 3),
+        "power of two choices keeps loads within a few requests: {loads:?}"
+    );
 }
