@@ -3,6 +3,7 @@
 //! (`tls`); the proxy swaps both atomically on every change.
 #![forbid(unsafe_code)]
 pub mod annotations;
+pub mod config;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

@@ -1,1 +1,246 @@
-fn main() {}
+//! `gangplank-ingress`: the Ingress proxy.
+//!
+//! Reads Ingresses, IngressClasses, Services, EndpointSlices and TLS Secrets
+//! from a manifest directory (watched; every change applied within the
+//! watcher's 100 ms batching plus a rebuild), serves HTTP and HTTPS, and
+//! answers `/metrics`, `/healthz` and `/readyz` on a separate admin port.
+//!
+//! Logs: operational lines on stderr (human-readable); the access log, one
+//! JSON object per request, on stdout (target `access`), so that log
+//! shippers can take it as is.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use gangplank_ingress::config::{ObjectStore, Settings, KINDS};
+use gangplank_ingress::metrics::IngressMetrics;
+use gangplank_ingress::proxy::record::ACCESS_LOG_TARGET;
+use gangplank_ingress::proxy::{self, Cidr, Proxy, ProxyConfig};
+use gangplank_ingress::route::{ClassConfig, DEFAULT_CONTROLLER};
+use gangplank_ingress::tls::{self, CertResolver, SecretRef};
+
+mod admin;
+mod reload;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gangplank-ingress",
+    version,
+    about = "Kubernetes Ingress proxy: host and path routing, TLS by SNI, HTTP/1.1 and HTTP/2, straight to endpoints"
+)]
+struct Args {
+    /// Directory of Kubernetes manifests (Ingress, IngressClass, Service,
+    /// EndpointSlice, Secret of type kubernetes.io/tls), followed for
+    /// changes.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Plain-HTTP listener (HTTP/1.1 and h2c with prior knowledge).
+    #[arg(long, default_value = "0.0.0.0:80")]
+    http_bind: SocketAddr,
+    /// TLS listener (HTTP/1.1 and HTTP/2 by ALPN).
+    #[arg(long, default_value = "0.0.0.0:443")]
+    https_bind: SocketAddr,
+    /// Admin listener: /metrics (Prometheus), /healthz, /readyz.
+    #[arg(long, default_value = "0.0.0.0:10254")]
+    metrics_addr: SocketAddr,
+    /// Serve only the IngressClass of this name (it must name our
+    /// controller); default: every IngressClass of our controller.
+    #[arg(long)]
+    ingress_class: Option<String>,
+    /// `spec.controller` of the IngressClasses to serve.
+    #[arg(long, default_value = DEFAULT_CONTROLLER)]
+    controller_name: String,
+    /// Secret NAMESPACE/NAME (type kubernetes.io/tls) served for unknown or
+    /// absent SNI; default: a generated self-signed certificate.
+    #[arg(long, value_parser = parse_secret_ref)]
+    default_certificate: Option<SecretRef>,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Proxies whose X-Forwarded-* headers are trusted (CIDRs, comma
+    /// separated).
+    #[arg(long, value_delimiter = ',')]
+    trusted_proxies: Vec<Cidr>,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 100 << 20)]
+    max_body_bytes: u64,
+    /// Largest request head in bytes (431 beyond).
+    #[arg(long, default_value_t = 64 << 10)]
+    max_header_bytes: usize,
+    /// Seconds a client may take to send a request head.
+    #[arg(long, default_value_t = 30)]
+    header_read_timeout: u64,
+    /// Seconds a client connection may stay idle.
+    #[arg(long, default_value_t = 75)]
+    idle_timeout: u64,
+    /// Seconds to wait for a TCP connection to an endpoint.
+    #[arg(long, default_value_t = 5)]
+    connect_timeout: u64,
+    /// Seconds to wait for an endpoint's response headers (504 beyond).
+    #[arg(long, default_value_t = 60)]
+    response_timeout: u64,
+    /// Seconds in-flight requests get to finish on SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace: u64,
+    /// Write the access log (JSON lines on stdout).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    access_log: bool,
+}
+
+fn parse_secret_ref(s: &str) -> Result<SecretRef, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(SecretRef::new(ns, name))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    init_logging(args.access_log);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("ingress-worker");
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = runtime.build().context("starting the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+/// stderr: operational logs; stdout: access log as JSON lines.
+fn init_logging(access_log: bool) {
+    use tracing_subscriber::filter::{filter_fn, EnvFilter};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let ops = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_filter(filter_fn(|meta| meta.target() != ACCESS_LOG_TARGET));
+    let access = access_log.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stdout)
+            .with_filter(filter_fn(|meta| meta.target() == ACCESS_LOG_TARGET))
+    });
+    tracing_subscriber::registry().with(ops).with(access).init();
+}
+
+async fn run(args: Args) -> Result<()> {
+    let metrics = Arc::new(IngressMetrics::new());
+    let config = ProxyConfig {
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        response_header_timeout: Duration::from_secs(args.response_timeout),
+        trusted_proxies: args.trusted_proxies.clone(),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        max_body_bytes: args.max_body_bytes,
+        max_header_bytes: args.max_header_bytes,
+        ..ProxyConfig::default()
+    };
+    let proxy = Arc::new(Proxy::with_metrics(config, Some(metrics.clone())));
+    let settings = Settings {
+        class: ClassConfig {
+            controller: args.controller_name.clone(),
+            class_name: args.ingress_class.clone(),
+        },
+        default_certificate: args.default_certificate.clone(),
+    };
+
+    // Bind everything first: a port in use fails start-up, before any
+    // work. Connections queue in the backlog until the first build.
+    let admin = admin::Admin::start(args.metrics_addr, metrics.clone()).await?;
+    let http = tokio::net::TcpListener::bind(args.http_bind)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {}", args.http_bind))?;
+    let https = tokio::net::TcpListener::bind(args.https_bind)
+        .await
+        .with_context(|| format!("binding the HTTPS listener on {}", args.https_bind))?;
+
+    let (watcher, mut changes) = gangplank::source::ManifestWatcher::start(&args.manifests, KINDS)
+        .with_context(|| format!("watching {}", args.manifests.display()))?;
+    let mut reloader = reload::Reloader::new(ObjectStore::new(), settings, proxy.clone());
+    // The initial scan may come in several batches; serve once it is whole.
+    loop {
+        let Some(change) = changes.recv().await else {
+            anyhow::bail!("the manifest watcher stopped before the initial scan completed");
+        };
+        let synced = change.synced;
+        reloader.stage(change);
+        if synced {
+            break;
+        }
+    }
+    let resolver = Arc::new(CertResolver::new(reloader.rebuild()));
+    reloader.set_resolver(resolver.clone());
+    let tls_config =
+        Arc::new(tls::server_config(resolver).context("building the TLS configuration")?);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|&s| s).await.map(drop);
+    };
+    let http_task = tokio::spawn(proxy::serve(http, proxy.clone(), stopped(stop_rx.clone())));
+    let https_task = tokio::spawn(proxy::serve_tls(
+        https,
+        proxy.clone(),
+        tls_config,
+        stopped(stop_rx.clone()),
+    ));
+    metrics.set_ready();
+    tracing::info!(
+        http = %args.http_bind,
+        https = %args.https_bind,
+        admin = %admin.local_addr(),
+        "ingress ready"
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Some(change) => {
+                    reloader.stage(change);
+                    // Take whatever else is already queued: one rebuild.
+                    while let Ok(more) = changes.try_recv() {
+                        reloader.stage(more);
+                    }
+                    reloader.rebuild();
+                }
+                None => {
+                    tracing::error!("the manifest watcher stopped: configuration is frozen until restart");
+                    // Keep serving what we have; wait for a signal only.
+                    wait_for_signal(&mut sigterm).await;
+                    break;
+                }
+            },
+            () = wait_for_signal(&mut sigterm) => break,
+        }
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    drop(watcher);
+    stop_tx.send_replace(true);
+    let _ = tokio::join!(http_task, https_task);
+    admin.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal(sigterm: &mut tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
