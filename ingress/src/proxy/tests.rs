@@ -1143,3 +1143,5 @@ async fn connect_timeout_moves_on_and_is_504_when_all_time_out() {
         started.elapsed()
     );
 }
+
+mod features;
