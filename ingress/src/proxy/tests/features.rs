@@ -369,3 +369,45 @@ async fn every_request_is_counted_with_its_ingress_service_and_status() {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_client_sending_its_head_too_slowly_is_dropped() {
+    let web = Upstream::start("web").await;
+    let table = routes(&[ingress("site", &[("a.example", &[("/", "Prefix", "web")])])]);
+    let upstreams = UpstreamTable::new().with("default", "web", 80, vec![web.addr]);
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let h = started(config, state(table, upstreams), None).await;
+    let mut stream = TcpStream::connect(h.addr).await.expect("connect");
+    // Slowloris: a head that never ends, one byte at a time.
+    let started_at = std::time::Instant::now();
+    let mut closed = false;
+    for byte in b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Slow: "
+        .iter()
+        .cycle()
+        .take(100)
+    {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the connection was closed while the head trickled in"
+    );
+    assert!(
+        started_at.elapsed() < Duration::from_secs(4),
+        "closed after the header read timeout, not at the end of the trickle"
+    );
+    assert!(web.seen().is_empty(), "nothing reached the upstream");
+}
