@@ -22,6 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 pub mod agent;
 pub mod bpf;
 pub mod cluster;
+pub mod ingress;
 pub mod manifests;
 pub mod northsouth;
 // Header fields and constants are named as in the RFCs and uapi headers.
