@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: two parts, both by default, either alone with
-//! `--only control|packets`.
+//! `--only control|packets`; `cargo xtask bench ingress` compares the
+//! Ingress proxy with nginx and haproxy (see `bench_ingress`).
 //!
 //! Control plane: speed of the agent at scale, on a simulated node (the
 //! kernel maps are real).
@@ -25,10 +26,14 @@ use crate::bench_options::{Options, Part};
 
 /// Runs the parts `opts` asks for.
 pub fn run(opts: Options) -> Result<()> {
-    if opts.only != Some(Part::Packets) {
-        control_plane(opts)?;
+    let part = opts.selected();
+    if part == Some(Part::Ingress) {
+        return crate::bench_ingress::run(&opts.ingress);
     }
-    if opts.only != Some(Part::Control) {
+    if part != Some(Part::Packets) {
+        control_plane(opts.clone())?;
+    }
+    if part != Some(Part::Control) {
         crate::bench_packets::run(crate::bench_packets::Options {
             batches: opts.packet_batches,
             runs: opts.packet_runs,

@@ -3,6 +3,8 @@
 
 #[cfg(feature = "harness")]
 mod bench;
+#[cfg(feature = "harness")]
+mod bench_ingress;
 mod bench_options;
 #[cfg(feature = "harness")]
 mod bench_packets;
@@ -42,7 +44,8 @@ enum Cmd {
     /// Set up, build, and run the simulated-cluster demo with a report.
     Demo,
     /// Set up, build (release), and measure the agent at scale and the
-    /// datapath's per-packet cost (`--only control|packets` for one part).
+    /// datapath's per-packet cost (`--only control|packets` for one part);
+    /// `bench ingress`: gangplank-ingress against nginx and haproxy.
     Bench(bench_options::Options),
     /// (internal) `bench` from the release build, with the harness.
     #[command(hide = true)]
@@ -135,6 +138,9 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(opts) => {
             setup::setup()?;
+            if opts.selected() == Some(bench_options::Part::Ingress) {
+                setup::install_ingress_bench_packages()?;
+            }
             // Benchmarks measure the optimised build: run the bench from a
             // release xtask so that it finds the release agent next to it.
             run(cargo().args(["build", "--release", "--bins"]))?;

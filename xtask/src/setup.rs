@@ -16,8 +16,20 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Commands the tests and the demo need, and the Debian package of each.
 const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
 
+/// What `cargo xtask bench ingress` compares gangplank-ingress with, and
+/// the certificate tool it uses (only installed for that benchmark).
+const INGRESS_BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "nginx-light"),
+    ("haproxy", "haproxy"),
+    ("openssl", "openssl"),
+];
+
+/// Debian's hook that tells package scripts whether they may start
+/// services (exit 101: no). See /usr/share/doc/init-system-helpers/README.policy-rc.d.gz.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
 pub fn setup() -> Result<()> {
-    install_packages()?;
+    install_packages(PACKAGES)?;
     install_rust_src()?;
     install_bpf_linker()?;
     check_kernel()?;
@@ -42,8 +54,35 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn install_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+/// Installs nginx and haproxy for the Ingress benchmark, without letting
+/// their packages start the services (the benchmark runs its own instances
+/// in a network namespace; a system nginx on port 80 is not wanted).
+pub fn install_ingress_bench_packages() -> Result<()> {
+    if INGRESS_BENCH_PACKAGES.iter().all(|(cmd, _)| have(cmd)) {
+        return Ok(());
+    }
+    check_root()?;
+    let ours = !Path::new(POLICY_RC_D).exists();
+    if ours {
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# cargo xtask bench ingress: no service starts\nexit 101\n",
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+        })
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+    }
+    let result = install_packages(INGRESS_BENCH_PACKAGES);
+    if ours {
+        let _ = std::fs::remove_file(POLICY_RC_D);
+    }
+    result
+}
+
+fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
