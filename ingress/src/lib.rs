@@ -2,6 +2,7 @@
 //! immutable route table (`route`) and a certificate store chosen by SNI
 //! (`tls`); the proxy swaps both atomically on every change.
 #![forbid(unsafe_code)]
+pub mod access_log;
 pub mod annotations;
 pub mod config;
 pub mod metrics;

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use gangplank_ingress::access_log::JsonLines;
 use gangplank_ingress::config::{ObjectStore, Settings, KINDS};
 use gangplank_ingress::metrics::IngressMetrics;
 use gangplank_ingress::proxy::record::ACCESS_LOG_TARGET;
@@ -102,7 +103,8 @@ fn parse_secret_ref(s: &str) -> Result<SecretRef, String> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    init_logging(args.access_log);
+    // Flushes the access log's buffer when main returns.
+    let _access_log = init_logging(args.access_log);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("ingress-worker");
     if let Some(workers) = args.workers {
@@ -112,8 +114,12 @@ fn main() -> Result<()> {
     runtime.block_on(run(args))
 }
 
-/// stderr: operational logs; stdout: access log as JSON lines.
-fn init_logging(access_log: bool) {
+/// stderr: operational logs; stdout: access log as JSON lines. The access
+/// log is written by a thread of its own through a buffer: a `write(2)` per
+/// request on the request path cost a third of the throughput. It blocks
+/// rather than drops lines when stdout cannot keep up (every request is
+/// logged). Returns the guard that flushes it on drop.
+fn init_logging(access_log: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::filter::{filter_fn, EnvFilter};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -124,16 +130,22 @@ fn init_logging(access_log: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_filter(filter_fn(|meta| meta.target() != ACCESS_LOG_TARGET));
-    let access = access_log.then(|| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .with_writer(std::io::stdout)
-            .with_filter(filter_fn(|meta| meta.target() == ACCESS_LOG_TARGET))
-    });
+    let (access, guard) = if access_log {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("access-log")
+            .finish(std::io::BufWriter::with_capacity(
+                64 << 10,
+                std::io::stdout(),
+            ));
+        let layer = JsonLines::new(writer)
+            .with_filter(filter_fn(|meta| meta.target() == ACCESS_LOG_TARGET));
+        (Some(layer), Some(guard))
+    } else {
+        (None, None)
+    };
     tracing_subscriber::registry().with(ops).with(access).init();
+    guard
 }
 
 async fn run(args: Args) -> Result<()> {

@@ -3,26 +3,46 @@
 //!
 //! Label sets are bounded by configuration, never by clients: `ingress`
 //! and `service` come from the route table (empty when no route matched),
-//! `status` is one of the few codes a proxy returns.
+//! `status` is one of the few codes a proxy returns. They are kept as the
+//! route's shared names and only spelled out when scraped, so counting a
+//! request allocates nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use std::fmt::Write;
+
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::route::{IngressRef, ServiceBackend};
+
+/// A label value shown as its `Display` (`namespace/name` for an Ingress,
+/// `namespace/name:port` for a backend), or empty when absent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Shown<T>(pub Option<T>);
+
+impl<T: std::fmt::Display> EncodeLabelValue for Shown<T> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(v) => write!(encoder, "{v}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// `ingress`, `service`, `status`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `namespace/name` of the routed Ingress, or empty.
-    pub ingress: String,
-    /// `namespace/name:port` of the backend, or empty.
-    pub service: String,
+    /// The routed Ingress, if any.
+    pub ingress: Shown<IngressRef>,
+    /// The backend, if any.
+    pub service: Shown<ServiceBackend>,
     /// The response status code.
     pub status: u16,
 }
@@ -30,17 +50,17 @@ pub struct RequestLabels {
 /// `ingress`, `service`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    /// `namespace/name` of the routed Ingress, or empty.
-    pub ingress: String,
-    /// `namespace/name:port` of the backend, or empty.
-    pub service: String,
+    /// The routed Ingress, if any.
+    pub ingress: Shown<IngressRef>,
+    /// The backend, if any.
+    pub service: Shown<ServiceBackend>,
 }
 
 /// `service`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
-    /// `namespace/name:port` of the backend.
-    pub service: String,
+    /// The backend.
+    pub service: Shown<ServiceBackend>,
 }
 
 /// `result`: `ok` or `error`.
@@ -143,27 +163,34 @@ impl IngressMetrics {
     }
 
     /// Counts one answered request.
-    pub fn request(&self, ingress: &str, service: &str, status: u16, elapsed: Duration) {
+    pub fn request(
+        &self,
+        ingress: Option<&IngressRef>,
+        service: Option<&ServiceBackend>,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let route = RouteLabels {
+            ingress: Shown(ingress.cloned()),
+            service: Shown(service.cloned()),
+        };
+        self.duration
+            .get_or_create(&route)
+            .observe(elapsed.as_secs_f64());
         self.requests
             .get_or_create(&RequestLabels {
-                ingress: ingress.to_owned(),
-                service: service.to_owned(),
+                ingress: route.ingress,
+                service: route.service,
                 status,
             })
             .inc();
-        self.duration
-            .get_or_create(&RouteLabels {
-                ingress: ingress.to_owned(),
-                service: service.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a failed connection attempt to an endpoint of `service`.
-    pub fn upstream_connect_error(&self, service: &str) {
+    pub fn upstream_connect_error(&self, service: &ServiceBackend) {
         self.upstream_connect_errors
             .get_or_create(&ServiceLabels {
-                service: service.to_owned(),
+                service: Shown(Some(service.clone())),
             })
             .inc();
     }
@@ -221,13 +248,20 @@ mod tests {
     #[test]
     fn counts_appear_in_the_exposition() {
         let m = IngressMetrics::new();
+        let ingress = IngressRef::new("default", "web");
+        let service = ServiceBackend {
+            namespace: "default".into(),
+            name: "web".into(),
+            port: crate::route::ServicePort::Number(80),
+        };
         m.request(
-            "default/web",
-            "default/web:80",
+            Some(&ingress),
+            Some(&service),
             200,
             Duration::from_millis(3),
         );
-        m.upstream_connect_error("default/web:80");
+        m.request(None, None, 404, Duration::from_millis(1));
+        m.upstream_connect_error(&service);
         m.tls_handshake(true);
         m.reload(2);
         let text = m.encode();
@@ -239,6 +273,7 @@ mod tests {
             "gangplank_ingress_reloads_total{result=\"error\"} 1",
             "gangplank_ingress_config_errors 2",
             "gangplank_ingress_ready 0",
+            "gangplank_ingress_requests_total{ingress=\"\",service=\"\",status=\"404\"} 1",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

@@ -453,7 +453,6 @@ impl Proxy {
             BackendProtocol::Http1 => (&self.client, Version::HTTP_11),
             BackendProtocol::H2c => (&self.h2c_client, Version::HTTP_2),
         };
-        let service_label = service.to_string();
         let max_attempts = self.config.max_attempts.max(1);
         let mut offset = 0;
         let mut attempts = 0;
@@ -492,7 +491,7 @@ impl Proxy {
                     let timed_out = is_timeout(&e);
                     warn!(%service, upstream = %addr, error = %error_chain(&e), "upstream connect failed");
                     if let Some(metrics) = &self.metrics {
-                        metrics.upstream_connect_error(&service_label);
+                        metrics.upstream_connect_error(service);
                     }
                     offset += 1;
                     let failure = if timed_out {

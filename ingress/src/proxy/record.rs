@@ -83,6 +83,17 @@ impl RequestRecord {
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
+        if let Some(metrics) = &self.metrics {
+            metrics.request(
+                self.ingress.as_ref(),
+                self.service.as_ref(),
+                self.status,
+                elapsed,
+            );
+        }
+        if !tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO) {
+            return;
+        }
         let ingress = self
             .ingress
             .as_ref()
@@ -93,9 +104,6 @@ impl Drop for RequestRecord {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
-        if let Some(metrics) = &self.metrics {
-            metrics.request(&ingress, &service, self.status, elapsed);
-        }
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             method = self.method.as_str(),
