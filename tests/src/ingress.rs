@@ -496,7 +496,12 @@ impl Env {
     /// Cluster `test` with node-a running `pods`, the IngressClass
     /// [`CLASS`] written, and a CA.
     pub fn new(test: &str, pods: &[&str]) -> Result<Env> {
-        let c = Cluster::new(test, &[("node-a", pods)])?;
+        Self::with_cluster(Cluster::new(test, &[("node-a", pods)])?)
+    }
+
+    /// An environment around an existing cluster (the demo's): the
+    /// IngressClass [`CLASS`] written, and a CA. The proxy runs on node-a.
+    pub fn with_cluster(c: Cluster) -> Result<Env> {
         // Next to (not inside) the watched manifests directory.
         let scratch = c
             .manifests_dir()

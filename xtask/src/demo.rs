@@ -2,7 +2,9 @@
 //! real traffic through a ClusterIP from pods, and through NodePort,
 //! LoadBalancer IP and `externalTrafficPolicy: Local` from a client outside
 //! the cluster, with a short report of who answered and which client
-//! address each pod saw.
+//! address each pod saw; then HTTPS through `gangplank-ingress` on node-a
+//! (host and path routing, a certificate by SNI, HTTP/2, the redirect, a
+//! reload under load).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use gangplank_tests::agent::{Agent, AgentOpts};
+use gangplank_tests::ingress::{self as ing, Env};
 use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
 use gangplank_tests::{Cluster, ProbeResult};
 
@@ -97,11 +100,13 @@ fn summarize(
 pub fn run() -> Result<()> {
     gangplank_tests::check_privileges()?;
     let started = Instant::now();
-    let c = Cluster::new(
+    let cluster = Cluster::new(
         "demo",
         &[("node-a", &["pod-a1", "pod-a2"]), ("node-b", &["pod-b1"])],
     )
     .context("building the simulated cluster")?;
+    let mut env = Env::with_cluster(cluster).context("preparing the ingress demo")?;
+    let c = &env.c;
 
     println!("gangplank demo: simulated cluster {}", c.id());
     for node in c.nodes() {
@@ -216,8 +221,10 @@ pub fn run() -> Result<()> {
         println!();
     }
 
+    ingress(&mut env)?;
+
     drop(agents);
-    drop(c);
+    drop(env);
     println!(
         "\ndone in {:.1} s; namespaces, cgroups, pins and processes removed.",
         started.elapsed().as_secs_f64()
@@ -289,6 +296,130 @@ fn north_south(c: &Cluster) -> Result<()> {
             .unwrap_or_default();
         let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
         println!("   health check {url}: {status} {body}");
+    }
+    println!();
+    Ok(())
+}
+
+/// Ingress host and path (and certificate) of the demo shop.
+const SHOP: &str = "shop.demo.example";
+/// Port of the demo's HTTP upstreams (gp-http) in the pods.
+const WEB_PORT: u16 = 9000;
+
+/// Step 11: HTTPS through the Ingress proxy on node-a, from the client.
+fn ingress(env: &mut Env) -> Result<()> {
+    env.upstream("pod-a2", "shop-web", WEB_PORT)?;
+    env.upstream("pod-b1", "shop-api", WEB_PORT)?;
+    let ip = |p: &str| env.c.pod(p).ip;
+    let mut docs = ing::service("demo", "shop-web", 80, WEB_PORT, &[ip("pod-a2")]);
+    docs.extend(ing::service(
+        "demo",
+        "shop-api",
+        80,
+        WEB_PORT,
+        &[ip("pod-b1")],
+    ));
+    let cert = env.ca.issue(SHOP, &[SHOP])?;
+    docs.push(ing::tls_secret("demo", "shop-tls", &cert));
+    docs.push(
+        ing::Ingress::new("demo", "shop")
+            .class(Some(ing::CLASS))
+            .tls(&[SHOP], "shop-tls")
+            .path(SHOP, "/", "Prefix", "shop-web", 80)
+            .path(SHOP, "/api", "Prefix", "shop-api", 80)
+            .to_yaml(),
+    );
+    env.write("shop.yaml", &docs)?;
+    env.start_proxy(&[])?;
+    println!(
+        "11. gangplank-ingress on node-a ({}:443), Ingress demo/shop: https://{SHOP}/ → shop-web (pod-a2), /api → shop-api (pod-b1), certificate from Secret demo/shop-tls",
+        env.node_ip()
+    );
+    for (url, flags) in [
+        (format!("https://{SHOP}/"), vec!["--http2"]),
+        (format!("https://{SHOP}/api/orders?id=7"), vec!["--http2"]),
+        (format!("https://{SHOP}/apiary"), vec!["--http1.1"]),
+        (format!("http://{SHOP}/cart"), vec![]),
+    ] {
+        let r = env.curl(&url, &flags)?;
+        let served_by = r
+            .headers
+            .get("x-served-by")
+            .and_then(|v| v.first())
+            .map_or("-", String::as_str);
+        let location = r
+            .headers
+            .get("location")
+            .and_then(|v| v.first())
+            .map(|l| format!(" → {l}"))
+            .unwrap_or_default();
+        println!(
+            "   {url:<45} HTTP/{:<3} {} answered by {served_by}{location}",
+            r.version, r.status
+        );
+    }
+    let cert = env.served_cert(Some(SHOP))?;
+    let default = env.served_cert(Some("unknown.example"))?;
+    println!(
+        "   certificate for SNI {SHOP}: CN={}; for an unknown name: CN={} (the default)",
+        cert.cn, default.cn
+    );
+
+    // A reload while requests run: a new path appears, nothing fails.
+    let mut args = vec![
+        "load".to_string(),
+        "--host".into(),
+        SHOP.into(),
+        "--requests".into(),
+        "2000".into(),
+        "--concurrency".into(),
+        "8".into(),
+    ];
+    args.extend(env.tls_args(SHOP));
+    let load = env.spawn_gp_http(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    docs.push(
+        ing::Ingress::new("demo", "shop-search")
+            .class(Some(ing::CLASS))
+            .path(SHOP, "/search", "Exact", "shop-api", 80)
+            .to_yaml(),
+    );
+    env.write("shop.yaml", &docs)?;
+    let (r, took) = env.curl_until(
+        &format!("https://{SHOP}/search"),
+        &[],
+        Duration::from_secs(5),
+        // Until then the Prefix `/` of demo/shop answers it, from shop-web.
+        |r| {
+            r.headers
+                .get("x-served-by")
+                .and_then(|v| v.first())
+                .is_some_and(|s| s == "shop-api")
+        },
+    );
+    let r = r?;
+    let out = load.wait_with_output(Duration::from_secs(60))?;
+    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| {
+            format!(
+                "gp-http load printed no summary: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    println!(
+        "   Ingress demo/shop-search (Exact /search → shop-api) added while 2,000 HTTPS requests ran: served ({}) {} ms after the write; requests ok {}, failed {} ({:.0} requests/s)",
+        r.status,
+        took.as_millis(),
+        summary["ok"],
+        summary["failed"],
+        summary["ok"].as_f64().unwrap_or(0.0) * 1000.0
+            / summary["elapsed_ms"].as_f64().unwrap_or(f64::INFINITY)
+    );
+    let log = env.proxy().access_log();
+    if let Some(line) = log.iter().rev().find(|l| l["path"] == "/search") {
+        println!("   access log line: {line}");
     }
     println!();
     Ok(())
