@@ -129,13 +129,13 @@ pub fn run() -> Result<()> {
         .map(|p| c.serve(p, &[HTTP_PORT], &[UDP_PORT]))
         .collect::<Result<Vec<_>>>()
         .context("starting the pods' HTTP/UDP servers")?;
-    write(&c, &PODS)?;
+    write(c, &PODS)?;
     manifests::write(
         c.manifests_dir(),
         "hello-local.yaml",
         &[
             local_service().to_yaml(),
-            slice_for(&c, "hello-local", &["pod-a1", "pod-a2"]).to_yaml(),
+            slice_for(c, "hello-local", &["pod-a1", "pod-a2"]).to_yaml(),
         ],
     )?;
     println!(
@@ -151,7 +151,7 @@ pub fn run() -> Result<()> {
 
     let mut agents = ["node-a", "node-b"]
         .iter()
-        .map(|n| Agent::start_with(&c, n, AgentOpts::lan()))
+        .map(|n| Agent::start_with(c, n, AgentOpts::lan()))
         .collect::<Result<Vec<_>>>()
         .context("starting the agents")?;
     println!("  agents running on node-a and node-b: socket LB on each node's cgroup, tc/XDP on each node's eth0\n");
@@ -189,7 +189,7 @@ pub fn run() -> Result<()> {
         froms.join(", ")
     );
 
-    write(&c, &["pod-a1", "pod-b1"])?;
+    write(c, &["pod-a1", "pod-b1"])?;
     let change = Instant::now();
     let line = agents[0].wait_for_log(|l| l.contains("maps updated"), Duration::from_secs(5))?;
     let noticed = change.elapsed();
@@ -206,7 +206,7 @@ pub fn run() -> Result<()> {
     );
     println!("   answered by:              {answered}\n");
 
-    north_south(&c)?;
+    north_south(c)?;
 
     for (n, command) in [(9, "service list"), (10, "status")] {
         let mut cmd = gangplank_tests::agent::gangplank_cmd()?;
