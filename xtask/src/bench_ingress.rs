@@ -136,6 +136,17 @@ impl Drop for Netns {
     }
 }
 
+/// Whether `pid` runs (a zombie that nobody reaped does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
 /// Deletes namespaces of earlier runs whose process is gone, ending the
 /// processes that run left in them (they were started by that run).
 fn sweep_stale_netns() {
@@ -150,7 +161,7 @@ fn sweep_stale_netns() {
         else {
             continue;
         };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        if pid == std::process::id() || alive(pid) {
             continue;
         }
         if let Ok(out) = Command::new("ip").args(["netns", "pids", &name]).output() {
@@ -853,6 +864,24 @@ fn first_line_with(text: &str, needle: &str) -> String {
         .to_string()
 }
 
+/// The TLS versions the runs negotiated, e.g. "TLSv1_3".
+fn negotiated(samples: &[Sample]) -> String {
+    let mut versions: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            let v = s.load["tls_version"].as_str().unwrap_or("");
+            if v.is_empty() {
+                "unknown TLS version".to_string()
+            } else {
+                v.replace("TLSv1_", "TLS 1.")
+            }
+        })
+        .collect();
+    versions.sort();
+    versions.dedup();
+    versions.join(" and ")
+}
+
 /// The Markdown report.
 fn report(
     opts: &IngressOptions,
@@ -877,7 +906,7 @@ fn report(
     let _ = writeln!(
         r,
         "Set-up: one network namespace, loopback only; {w} worker{s} per proxy (nginx `worker_processes {w}`, haproxy `nbthread {w}`, gangplank-ingress `--workers {w}`); {cpus}. \
-         Same routes (host {HOST}: `/` Prefix, `/api` Prefix, `/static/app.js` Exact), same certificate ({cert}), TLS 1.3 negotiated, \
+         Same routes (host {HOST}: `/` Prefix, `/api` Prefix, `/static/app.js` Exact), same certificate ({cert}), {tls} negotiated, \
          two `gp-http` upstreams reached over pooled HTTP/1.1 keep-alive connections. \
          No access log: nginx `access_log off`, haproxy without `log`; gangplank-ingress writes its JSON access log to stdout, which goes to /dev/null. \
          Load: `gp-load` on `{MEASURED_PATH}`, {warm} s warm-up then {d} s measured, {n} run{ns} per cell, proxies interleaved; \
@@ -887,6 +916,7 @@ fn report(
         s = if opts.workers == 1 { "" } else { "s" },
         cpus = bench.cpus.describe(),
         cert = bench.cert.description,
+        tls = negotiated(samples),
         warm = WARMUP_S,
         d = opts.duration,
         n = opts.repeats,
@@ -996,8 +1026,8 @@ fn report(
     }
     let _ = writeln!(
         r,
-        "Reproduce: `cargo xtask bench ingress --workers {} --duration {} --repeats {}` (as root).",
-        opts.workers, opts.duration, opts.repeats
+        "Reproduce: `cargo xtask bench ingress {}` (as root).",
+        opts.to_args().join(" ")
     );
     r
 }

@@ -68,7 +68,8 @@ pub struct IngressOptions {
 }
 
 impl IngressOptions {
-    fn to_args(&self) -> Vec<String> {
+    /// The options as command-line arguments.
+    pub fn to_args(&self) -> Vec<String> {
         let mut args = vec![
             format!("--workers={}", self.workers),
             format!("--duration={}", self.duration),

@@ -114,6 +114,10 @@ struct Report {
     connections: u64,
     /// Errors by kind ("connect", "tls", "http", "timeout", "status 503"...).
     error_kinds: BTreeMap<String, u64>,
+    /// TLS version of the first connection (e.g. "TLSv1_3").
+    tls_version: String,
+    /// ALPN protocol of the first connection (e.g. "h2").
+    alpn: String,
 }
 
 /// The fixed parts of every request and connection.
@@ -127,6 +131,8 @@ struct Target {
     timeout: Duration,
     warmup_end: Instant,
     end: Instant,
+    /// TLS version and ALPN of the first connection, for the report.
+    negotiated: std::sync::OnceLock<(String, String)>,
 }
 
 /// What one task (connection or stream) measured.
@@ -284,10 +290,23 @@ impl Target {
             .await
             .map_err(|e| Failure::new("connect", e))?;
         let _ = tcp.set_nodelay(true);
-        self.connector
+        let tls = self
+            .connector
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|e| Failure::new("tls", e))
+            .map_err(|e| Failure::new("tls", e))?;
+        self.negotiated.get_or_init(|| {
+            let conn = tls.get_ref().1;
+            let version = conn
+                .protocol_version()
+                .map_or_else(String::new, |v| format!("{v:?}"));
+            let alpn = conn
+                .alpn_protocol()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .unwrap_or_default();
+            (version, alpn)
+        });
+        Ok(tls)
     }
 
     async fn http1(&self) -> Result<http1::SendRequest<Empty<Bytes>>, Failure> {
@@ -526,6 +545,7 @@ async fn run(args: Args) -> Result<Report> {
         timeout: Duration::from_secs_f64(args.timeout),
         warmup_end,
         end: warmup_end + Duration::from_secs_f64(args.duration),
+        negotiated: std::sync::OnceLock::new(),
     });
 
     let mut set = tokio::task::JoinSet::new();
@@ -575,6 +595,16 @@ async fn run(args: Args) -> Result<Report> {
         body_bytes: tally.body_bytes,
         connections: tally.connections,
         error_kinds: tally.errors,
+        tls_version: target
+            .negotiated
+            .get()
+            .map(|n| n.0.clone())
+            .unwrap_or_default(),
+        alpn: target
+            .negotiated
+            .get()
+            .map(|n| n.1.clone())
+            .unwrap_or_default(),
     })
 }
 
