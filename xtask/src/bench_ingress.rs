@@ -508,6 +508,8 @@ struct Sample {
     proxy_cpu: f64,
     /// Cores the load generator and upstreams used.
     load_cpu: f64,
+    /// Of which the load generator alone.
+    generator_cpu: f64,
     /// Cores everything else on the machine used (noise).
     other_cpu: f64,
     proxy_rss_mib: f64,
@@ -734,23 +736,24 @@ impl Bench {
             .context("starting gp-load")?;
         let load_pid = child.id();
         let child = KillOnDrop::new(child);
-        let load_side = |extra: u32| -> f64 {
-            cpu_seconds(extra) + upstreams.iter().map(|u| cpu_seconds(u.pid())).sum::<f64>()
-        };
+        let upstream_cpu = || upstreams.iter().map(|u| cpu_seconds(u.pid())).sum::<f64>();
         sleep_until(started + Duration::from_secs_f64(WARMUP_S))?;
-        let (t0, p0, l0, m0) = (
+        let (t0, p0, g0, u0, m0) = (
             Instant::now(),
             cpu_seconds(d.pid()),
-            load_side(load_pid),
+            cpu_seconds(load_pid),
+            upstream_cpu(),
             machine_busy_seconds(),
         );
         sleep_until(started + Duration::from_secs_f64(WARMUP_S + o.duration))?;
-        let (t1, p1, l1, m1) = (
+        let (t1, p1, g1, u1, m1) = (
             Instant::now(),
             cpu_seconds(d.pid()),
-            load_side(load_pid),
+            cpu_seconds(load_pid),
+            upstream_cpu(),
             machine_busy_seconds(),
         );
+        let (l0, l1) = (g0 + u0, g1 + u1);
         let proxy_rss_mib = rss_mib(d.pid());
         let v = Self::finish_load(child.take(), Duration::from_secs_f64(o.duration + 30.0))?;
         d.check_running()?;
@@ -767,6 +770,7 @@ impl Bench {
             errors: v["errors"].as_u64().unwrap_or(0),
             proxy_cpu: (p1 - p0) / secs,
             load_cpu: (l1 - l0) / secs,
+            generator_cpu: (g1 - g0) / secs,
             other_cpu: ((m1 - m0) - (p1 - p0) - (l1 - l0)).max(0.0) / secs,
             proxy_rss_mib,
             load: v,
@@ -1164,6 +1168,7 @@ pub fn run(opts: &IngressOptions) -> Result<()> {
                 "errors": s.errors,
                 "proxy_cpu_cores": s.proxy_cpu,
                 "load_side_cpu_cores": s.load_cpu,
+                "load_generator_cpu_cores": s.generator_cpu,
                 "other_cpu_cores": s.other_cpu,
                 "proxy_rss_mib": s.proxy_rss_mib,
                 "load": s.load,
