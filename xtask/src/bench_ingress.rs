@@ -991,6 +991,22 @@ fn report(
         }
         let _ = writeln!(r);
     }
+    let rss: Vec<String> = proxies
+        .iter()
+        .filter_map(|&p| {
+            let v: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.proxy == p)
+                .map(|s| s.proxy_rss_mib)
+                .collect();
+            (!v.is_empty()).then(|| format!("{} {:.1} MiB", proxy_name(p), median(&v)))
+        })
+        .collect();
+    let _ = writeln!(
+        r,
+        "Memory (resident, all the proxy's processes, at the end of each run; median): {}.\n",
+        rss.join(", ")
+    );
     let load_cores = bench.cpus.load.len() as f64;
     let busiest = samples.iter().map(|s| s.load_cpu).fold(0.0, f64::max);
     if bench.cpus.pinned && busiest > 0.9 * load_cores {
