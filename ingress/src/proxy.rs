@@ -336,12 +336,7 @@ impl Proxy {
     /// and metrics follow when the response ends.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
         let host = request_host(&req);
-        let mut record = RequestRecord::start(
-            &req,
-            host.as_ref().and_then(|h| h.to_str().ok()),
-            conn.peer,
-            self.metrics.clone(),
-        );
+        let mut record = RequestRecord::start(&req, host.as_ref(), conn.peer, self.metrics.clone());
         let resp = self.route_and_forward(req, host, conn, &mut record).await;
         record.status = resp.status().as_u16();
         resp.map(|body| ResponseBody::new(body).with_record(record))
@@ -462,11 +457,17 @@ impl Proxy {
             let addr = endpoints.get(start + offset);
             record.attempts = attempts;
             record.upstream = Some(addr);
-            let upstream_req =
-                match build_request(&method, addr, &path_and_query, &headers, &body, version) {
-                    Some(r) => r,
-                    None => break Failure::Upstream,
-                };
+            let upstream_req = match build_request(
+                &method,
+                endpoints.authority(start + offset),
+                &path_and_query,
+                &headers,
+                &body,
+                version,
+            ) {
+                Some(r) => r,
+                None => break Failure::Upstream,
+            };
             let in_flight = endpoints.start_request(start + offset);
             let sent = tokio::time::timeout(
                 self.config.response_header_timeout,
@@ -581,16 +582,15 @@ fn is_idempotent(method: &Method) -> bool {
 /// (not expected: every part was valid already).
 fn build_request(
     method: &Method,
-    addr: SocketAddr,
+    authority: &Authority,
     path_and_query: &PathAndQuery,
     headers: &HeaderMap,
     body: &BodySlot,
     version: Version,
 ) -> Option<Request<UpstreamBody>> {
-    let authority = Authority::try_from(addr.to_string()).ok()?;
     let uri = Uri::builder()
         .scheme(UriScheme::HTTP)
-        .authority(authority)
+        .authority(authority.clone())
         .path_and_query(path_and_query.clone())
         .build()
         .ok()?;

@@ -25,6 +25,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use http::uri::Authority;
+
 use crate::annotations::LoadBalance;
 use crate::route::{ServiceBackend, ServicePort};
 
@@ -41,6 +43,13 @@ pub struct Endpoints {
     /// Requests in flight per endpoint (same order as `addrs`), for
     /// least-requests balancing.
     in_flight: Box<[AtomicU32]>,
+    /// `addrs` as URI authorities, built once rather than per request.
+    authorities: Box<[Authority]>,
+}
+
+fn authority(addr: &SocketAddr) -> Authority {
+    // A socket address always makes a valid authority.
+    Authority::try_from(addr.to_string()).unwrap_or_else(|_| Authority::from_static("invalid"))
 }
 
 /// One request in flight on an endpoint: counted until dropped.
@@ -61,6 +70,7 @@ impl Endpoints {
     pub fn new(addrs: Vec<SocketAddr>) -> Self {
         Endpoints {
             in_flight: addrs.iter().map(|_| AtomicU32::new(0)).collect(),
+            authorities: addrs.iter().map(authority).collect(),
             addrs,
             cursor: AtomicUsize::new(0),
         }
@@ -96,6 +106,12 @@ impl Endpoints {
             endpoints: self.clone(),
             index,
         }
+    }
+
+    /// The address at `index % len` as a URI authority (`ip:port`,
+    /// `[ip]:port` for IPv6). Panics when empty.
+    pub fn authority(&self, index: usize) -> &Authority {
+        &self.authorities[index % self.addrs.len()]
     }
 
     /// Requests in flight on the endpoint at `index`.

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Method, Version};
+use http::{HeaderValue, Method, Uri, Version};
 
 use crate::metrics::IngressMetrics;
 use crate::route::{IngressRef, ServiceBackend};
@@ -25,8 +25,9 @@ pub struct RequestRecord {
     metrics: Option<Arc<IngressMetrics>>,
     method: Method,
     version: Version,
-    host: String,
-    path: String,
+    host: Option<HeaderValue>,
+    /// Shares the request's buffers: no copy of the path.
+    uri: Uri,
     client: SocketAddr,
     /// The Ingress whose rule matched.
     pub ingress: Option<IngressRef>,
@@ -51,7 +52,7 @@ impl RequestRecord {
     /// Starts the record of a request.
     pub fn start<B>(
         req: &http::Request<B>,
-        host: Option<&str>,
+        host: Option<&HeaderValue>,
         client: SocketAddr,
         metrics: Option<Arc<IngressMetrics>>,
     ) -> Self {
@@ -60,8 +61,8 @@ impl RequestRecord {
             metrics,
             method: req.method().clone(),
             version: req.version(),
-            host: host.unwrap_or("").to_owned(),
-            path: req.uri().path().to_owned(),
+            host: host.cloned(),
+            uri: req.uri().clone(),
             client,
             ingress: None,
             service: None,
@@ -80,6 +81,18 @@ impl RequestRecord {
     }
 }
 
+/// An optional value displayed as itself, or as nothing.
+struct Shown<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Shown<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
@@ -94,27 +107,19 @@ impl Drop for RequestRecord {
         if !tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO) {
             return;
         }
-        let ingress = self
-            .ingress
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let service = self
-            .service
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        // Display values are formatted straight into the line by the
+        // access-log layer: nothing is allocated here.
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             method = self.method.as_str(),
-            host = self.host.as_str(),
-            path = self.path.as_str(),
+            host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+            path = self.uri.path(),
             status = self.status,
             protocol = ?self.version,
             client = %self.client,
-            ingress = ingress.as_str(),
-            service = service.as_str(),
-            upstream = self.upstream.map(|a| a.to_string()).unwrap_or_default(),
+            ingress = %Shown(self.ingress.as_ref()),
+            service = %Shown(self.service.as_ref()),
+            upstream = %Shown(self.upstream.as_ref()),
             attempts = self.attempts,
             duration_ms = elapsed.as_secs_f64() * 1e3,
             upstream_ms = self.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1e3),
