@@ -51,6 +51,15 @@ async fn started(
     }
 }
 
+/// Upstream `web` behind Ingress default/site: `a.example/` (Prefix) to
+/// Service web:80.
+async fn site() -> (Upstream, ProxyState) {
+    let web = Upstream::start("web").await;
+    let table = routes(&[ingress("site", &[("a.example", &[("/", "Prefix", "web")])])]);
+    let upstreams = UpstreamTable::new().with("default", "web", 80, vec![web.addr]);
+    (web, state(table, upstreams))
+}
+
 fn state(routes: RouteTable, upstreams: UpstreamTable) -> ProxyState {
     ProxyState {
         routes: Arc::new(routes),
@@ -106,14 +115,12 @@ async fn tls_hosts_are_redirected_to_https_unless_the_ingress_opts_out() {
 
 #[tokio::test]
 async fn oversized_bodies_are_413_whether_declared_or_streamed() {
-    let web = Upstream::start("web").await;
-    let table = routes(&[ingress("site", &[("a.example", &[("/", "Prefix", "web")])])]);
-    let upstreams = UpstreamTable::new().with("default", "web", 80, vec![web.addr]);
+    let (web, st) = site().await;
     let config = ProxyConfig {
         max_body_bytes: 1000,
         ..ProxyConfig::default()
     };
-    let h = started(config, state(table, upstreams), None).await;
+    let h = started(config, st, None).await;
 
     let resp = raw(h.addr, "POST /echo HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1001\r\nConnection: close\r\n\r\n").await;
     assert!(
@@ -151,14 +158,12 @@ async fn oversized_bodies_are_413_whether_declared_or_streamed() {
 
 #[tokio::test]
 async fn oversized_request_heads_are_431() {
-    let web = Upstream::start("web").await;
-    let table = routes(&[ingress("site", &[("a.example", &[("/", "Prefix", "web")])])]);
-    let upstreams = UpstreamTable::new().with("default", "web", 80, vec![web.addr]);
+    let (_web, st) = site().await;
     let config = ProxyConfig {
         max_header_bytes: 16 << 10,
         ..ProxyConfig::default()
     };
-    let h = started(config, state(table, upstreams), None).await;
+    let h = started(config, st, None).await;
     let big = "v".repeat(20 << 10);
     let resp = raw(
         h.addr,
@@ -183,10 +188,8 @@ async fn oversized_request_heads_are_431() {
 
 #[tokio::test]
 async fn h2c_backend_protocol_speaks_http2_to_the_endpoint() {
-    let web = Upstream::start("web").await;
-    let table = routes(&[ingress("site", &[("a.example", &[("/", "Prefix", "web")])])]);
-    let upstreams = UpstreamTable::new().with("default", "web", 80, vec![web.addr]);
-    let mut st = state(table, upstreams);
+    let (web, st) = site().await;
+    let mut st = st;
     st.options = site_options(IngressOptions {
         backend_protocol: BackendProtocol::H2c,
         ..IngressOptions::default()
@@ -244,14 +247,12 @@ async fn least_requests_sends_new_requests_away_from_a_busy_endpoint() {
 
 #[tokio::test]
 async fn idle_client_connections_are_closed() {
-    let web = Upstream::start("web").await;
-    let table = routes(&[ingress("site", &[("a.example", &[("/", "Prefix", "web")])])]);
-    let upstreams = UpstreamTable::new().with("default", "web", 80, vec![web.addr]);
+    let (_web, st) = site().await;
     let config = ProxyConfig {
         idle_timeout: Duration::from_millis(300),
         ..ProxyConfig::default()
     };
-    let h = started(config, state(table, upstreams), None).await;
+    let h = started(config, st, None).await;
     let mut stream = TcpStream::connect(h.addr).await.expect("connect");
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
@@ -287,15 +288,13 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn http2_stream_limit_is_advertised_and_rapid_reset_gets_goaway() {
-    let web = Upstream::start("web").await;
-    let table = routes(&[ingress("site", &[("a.example", &[("/", "Prefix", "web")])])]);
-    let upstreams = UpstreamTable::new().with("default", "web", 80, vec![web.addr]);
+    let (web, st) = site().await;
     let config = ProxyConfig {
         max_reset_streams: 10,
         max_concurrent_streams: 17,
         ..ProxyConfig::default()
     };
-    let h = started(config, state(table, upstreams), None).await;
+    let h = started(config, st, None).await;
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
                                        // HPACK: :method GET, :scheme http, :path /slow (literal), :authority a.example.
@@ -340,16 +339,9 @@ async fn http2_stream_limit_is_advertised_and_rapid_reset_gets_goaway() {
 
 #[tokio::test]
 async fn every_request_is_counted_with_its_ingress_service_and_status() {
-    let web = Upstream::start("web").await;
-    let table = routes(&[ingress("site", &[("a.example", &[("/", "Prefix", "web")])])]);
-    let upstreams = UpstreamTable::new().with("default", "web", 80, vec![web.addr]);
+    let (_web, st) = site().await;
     let metrics = Arc::new(IngressMetrics::new());
-    let h = started(
-        ProxyConfig::default(),
-        state(table, upstreams),
-        Some(metrics.clone()),
-    )
-    .await;
+    let h = started(ProxyConfig::default(), st, Some(metrics.clone())).await;
     let client = http1_client();
     for _ in 0..3 {
         assert_eq!(
@@ -372,14 +364,12 @@ async fn every_request_is_counted_with_its_ingress_service_and_status() {
 
 #[tokio::test]
 async fn a_client_sending_its_head_too_slowly_is_dropped() {
-    let web = Upstream::start("web").await;
-    let table = routes(&[ingress("site", &[("a.example", &[("/", "Prefix", "web")])])]);
-    let upstreams = UpstreamTable::new().with("default", "web", 80, vec![web.addr]);
+    let (web, st) = site().await;
     let config = ProxyConfig {
         header_read_timeout: Duration::from_millis(300),
         ..ProxyConfig::default()
     };
-    let h = started(config, state(table, upstreams), None).await;
+    let h = started(config, st, None).await;
     let mut stream = TcpStream::connect(h.addr).await.expect("connect");
     // Slowloris: a head that never ends, one byte at a time.
     let started_at = std::time::Instant::now();
