@@ -34,6 +34,7 @@ mod sweep;
 mod sys;
 #[allow(missing_docs)]
 pub mod test_run;
+pub mod tls_client;
 
 pub use cluster::{Cluster, Host, Node, Pod};
 pub use probe::{probe_cmd, ProbeResult};

@@ -27,8 +27,7 @@ use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -184,28 +183,8 @@ impl Failure {
 }
 
 fn tls_config(args: &Args) -> Result<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?;
-    let mut config = if let Some(ca) = &args.ca {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca)
-            .with_context(|| format!("reading {}", ca.display()))?
-        {
-            roots
-                .add(cert.with_context(|| format!("parsing {}", ca.display()))?)
-                .with_context(|| format!("trusting {}", ca.display()))?;
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else if args.insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
-    } else {
-        bail!("give --ca FILE (the certificate to trust) or --insecure");
-    };
+    let mut config = gangplank_tests::tls_client::client_config(args.ca.as_deref(), args.insecure)
+        .context("give --ca FILE (the certificate to trust) or --insecure")?;
     config.alpn_protocols = match args.mode {
         Mode::H2 => vec![b"h2".to_vec()],
         Mode::Keepalive | Mode::Newconn => vec![b"http/1.1".to_vec()],
@@ -215,56 +194,6 @@ fn tls_config(args: &Args) -> Result<rustls::ClientConfig> {
         config.resumption = rustls::client::Resumption::disabled();
     }
     Ok(config)
-}
-
-/// `--insecure`: accepts any certificate, still checks the handshake
-/// signatures (so the server does the same work as with a real client).
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 impl Target {
