@@ -1052,32 +1052,31 @@ fn report(
     r
 }
 
+/// What was asked for on the command line (`all` when nothing was), in
+/// order, each once.
+fn selected<T: Copy + PartialEq>(chosen: &[T], all: &[T]) -> Vec<T> {
+    let from = if chosen.is_empty() { all } else { chosen };
+    let mut out = Vec::new();
+    for &item in from {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
 /// Runs the Ingress benchmark and writes its report.
 pub fn run(opts: &IngressOptions) -> Result<()> {
     gangplank_tests::check_privileges()?;
     catch_signals();
-    let mut proxies = if opts.proxies.is_empty() {
-        vec![Proxy::Gangplank, Proxy::Nginx, Proxy::Haproxy]
-    } else {
-        opts.proxies.clone()
-    };
-    let mut seen = Vec::new();
-    proxies.retain(|p| {
-        let new = !seen.contains(p);
-        seen.push(*p);
-        new
-    });
-    let mut modes = if opts.modes.is_empty() {
-        vec![LoadMode::Keepalive, LoadMode::Newconn, LoadMode::H2]
-    } else {
-        opts.modes.clone()
-    };
-    let mut seen = Vec::new();
-    modes.retain(|m| {
-        let new = !seen.contains(m);
-        seen.push(*m);
-        new
-    });
+    let proxies = selected(
+        &opts.proxies,
+        &[Proxy::Gangplank, Proxy::Nginx, Proxy::Haproxy],
+    );
+    let modes = selected(
+        &opts.modes,
+        &[LoadMode::Keepalive, LoadMode::Newconn, LoadMode::H2],
+    );
     if opts.repeats == 0 || opts.duration <= 0.0 {
         bail!("--repeats and --duration must be positive");
     }

@@ -268,6 +268,11 @@ impl Harness {
         let proxy = Arc::new(Proxy::new(config));
         proxy.set_routes(Arc::new(routes));
         proxy.set_upstreams(Arc::new(upstreams));
+        Harness::serving(proxy).await
+    }
+
+    /// Serves `proxy` on 127.0.0.1 with its own accept loop.
+    async fn serving(proxy: Arc<Proxy>) -> Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (stop, stopped) = oneshot::channel();

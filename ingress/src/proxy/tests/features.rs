@@ -37,18 +37,7 @@ async fn started(
 ) -> Harness {
     let proxy = Arc::new(Proxy::with_metrics(config, metrics));
     proxy.apply(state);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-    let addr = listener.local_addr().expect("proxy addr");
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(serve(listener, proxy.clone(), async move {
-        let _ = stopped.await;
-    }));
-    Harness {
-        addr,
-        proxy,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    Harness::serving(proxy).await
 }
 
 /// Upstream `web` behind Ingress default/site: `a.example/` (Prefix) to
