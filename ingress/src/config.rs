@@ -160,7 +160,7 @@ impl ObjectStore {
         let (routes, route_errors) = RouteTable::from_served(served.iter().copied());
         errors.extend(route_errors.iter().map(ToString::to_string));
 
-        let mut options = HashMap::new();
+        let mut options = crate::FastMap::default();
         for ingress in &served {
             let (opts, problems) = IngressOptions::from_ingress(ingress);
             let name = ingress_ref(ingress);

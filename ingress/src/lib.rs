@@ -10,3 +10,9 @@ pub mod proxy;
 pub mod route;
 pub mod tls;
 pub mod upstream;
+
+/// The hash map of tables looked up on every request (routes, options,
+/// endpoints, upstream connections): foldhash instead of SipHash, which
+/// cost more than the lookups themselves. Keys come from configuration,
+/// never from a client, so SipHash's flooding resistance buys nothing.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -90,7 +90,7 @@ mod fixtures;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -254,10 +254,10 @@ pub struct Route {
 #[derive(Debug, Default)]
 struct HostRoutes {
     /// Exact paths, as written.
-    exact: HashMap<Box<str>, u32>,
+    exact: FastMap<Box<str>, u32>,
     /// Prefix and ImplementationSpecific paths without their trailing `/`
     /// (`/` becomes the empty string).
-    prefix: HashMap<Box<str>, u32>,
+    prefix: FastMap<Box<str>, u32>,
     /// The host's default backend (see the module docs).
     default: Option<u32>,
 }
@@ -297,9 +297,9 @@ pub struct RouteTable {
     /// Every route; the maps below index into it.
     routes: Vec<Route>,
     /// Exact hosts, lowercase.
-    exact_hosts: HashMap<Box<str>, HostRoutes>,
+    exact_hosts: FastMap<Box<str>, HostRoutes>,
     /// Wildcard hosts keyed by what follows `*.`, lowercase.
-    wildcard_hosts: HashMap<Box<str>, HostRoutes>,
+    wildcard_hosts: FastMap<Box<str>, HostRoutes>,
     /// Rules without host.
     any_host: Option<HostRoutes>,
     /// The cluster-wide default backend.

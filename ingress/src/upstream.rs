@@ -20,7 +20,7 @@ mod build;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -155,7 +155,7 @@ impl Endpoints {
 /// `Arc<UpstreamTable>`. The empty table (`default()`) knows no Service.
 #[derive(Debug, Default)]
 pub struct UpstreamTable {
-    services: HashMap<ServiceBackend, Arc<Endpoints>>,
+    services: FastMap<ServiceBackend, Arc<Endpoints>>,
 }
 
 impl UpstreamTable {

@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::client::PooledBody;
 use super::record::RequestRecord;
 
 /// Error type of request bodies sent upstream.
@@ -31,7 +32,7 @@ pub struct BodyTooLarge {
 /// connection's count of active requests.
 #[derive(Debug)]
 pub struct ResponseBody {
-    inner: Either<Incoming, Full<Bytes>>,
+    inner: Either<PooledBody, Full<Bytes>>,
     record: Option<RequestRecord>,
     active: Option<ActiveRequest>,
 }
@@ -42,7 +43,7 @@ pub type ActiveRequest = Box<dyn std::any::Any + Send + Sync>;
 
 impl ResponseBody {
     /// A body without a record.
-    pub fn new(inner: Either<Incoming, Full<Bytes>>) -> Self {
+    pub fn new(inner: Either<PooledBody, Full<Bytes>>) -> Self {
         ResponseBody {
             inner,
             record: None,
@@ -154,6 +155,18 @@ impl BodySlot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
+    }
+
+    /// No body at all (tests of the upstream client).
+    #[cfg(test)]
+    pub(crate) fn empty() -> Self {
+        BodySlot {
+            slot: Arc::default(),
+            hint: SizeHint::with_exact(0),
+            end: true,
+            limit: 0,
+            too_large: Arc::default(),
+        }
     }
 
     /// A body for one attempt.

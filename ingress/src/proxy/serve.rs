@@ -122,33 +122,22 @@ async fn accept_one(
     }
 }
 
-/// When a connection last moved bytes, and how many of its requests are
+/// Whether a connection moves bytes, and how many of its requests are
 /// being answered: idle means neither for [`ProxyConfig::idle_timeout`](super::ProxyConfig).
-#[derive(Debug)]
+///
+/// Reads and writes only bump a counter; the connection's timer compares it
+/// between ticks. A clock read per read and write cost more than the whole
+/// idle check.
+#[derive(Debug, Default)]
 struct Activity {
-    base: Instant,
-    /// Milliseconds after `base` of the last read or write.
-    last_io_ms: AtomicU64,
+    /// Reads and writes that moved bytes, and requests that ended.
+    moves: AtomicU64,
     active: AtomicUsize,
 }
 
 impl Activity {
-    fn new() -> Self {
-        Activity {
-            base: Instant::now(),
-            last_io_ms: AtomicU64::new(0),
-            active: AtomicUsize::new(0),
-        }
-    }
-
     fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_io_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed));
-        self.base.elapsed().saturating_sub(last)
+        self.moves.fetch_add(1, Ordering::Relaxed);
     }
 
     fn enter(self: &Arc<Self>) -> ActiveGuard {
@@ -260,7 +249,7 @@ pub async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _gauge = ConnectionGauge::open(&proxy);
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::default());
     let io = Tracked {
         inner: io,
         activity: activity.clone(),
@@ -287,9 +276,12 @@ pub async fn serve_connection<I>(
     tokio::pin!(stop);
     let idle_timeout = proxy.config.idle_timeout;
     // Checked a few times per timeout: a connection closes between 1 and
-    // 1.25 timeouts after it went quiet.
+    // 1.5 timeouts after it went quiet (the first quiet tick may come a
+    // quarter late).
     let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen_moves = 0;
+    let mut quiet_since = Instant::now();
     let mut closing = false;
     let result = loop {
         tokio::select! {
@@ -298,8 +290,12 @@ pub async fn serve_connection<I>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !closing => {
-                if activity.active.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle_timeout {
+            now = tick.tick(), if !closing => {
+                let moves = activity.moves.load(Ordering::Relaxed);
+                if moves != seen_moves || activity.active.load(Ordering::Relaxed) > 0 {
+                    seen_moves = moves;
+                    quiet_since = now.into_std();
+                } else if now.into_std().duration_since(quiet_since) >= idle_timeout {
                     debug!(peer = %conn.peer, "closing idle connection");
                     closing = true;
                     connection.as_mut().graceful_shutdown();

@@ -1,8 +1,6 @@
 //! Per-Ingress options, limits, idle connections, HTTP/2 abuse and the
 //! per-request record, through the real accept loop.
 
-use std::collections::HashMap;
-
 use serde_json::json;
 
 use super::*;
@@ -23,8 +21,8 @@ fn tls_for_a_example() -> Arc<CertStore> {
     Arc::new(store)
 }
 
-fn site_options(options: IngressOptions) -> Arc<HashMap<IngressRef, IngressOptions>> {
-    Arc::new(HashMap::from([(
+fn site_options(options: IngressOptions) -> Arc<crate::FastMap<IngressRef, IngressOptions>> {
+    Arc::new(crate::FastMap::from_iter([(
         IngressRef::new("default", "site"),
         options,
     )]))
