@@ -20,12 +20,13 @@ use gangplank_ingress::access_log::{FlushGuard, JsonLines, LogBuffer};
 use gangplank_ingress::config::{ObjectStore, Settings, KINDS};
 use gangplank_ingress::metrics::IngressMetrics;
 use gangplank_ingress::proxy::record::ACCESS_LOG_TARGET;
-use gangplank_ingress::proxy::{self, Cidr, Proxy, ProxyConfig};
+use gangplank_ingress::proxy::{Cidr, Proxy, ProxyConfig};
 use gangplank_ingress::route::{ClassConfig, DEFAULT_CONTROLLER};
 use gangplank_ingress::tls::{self, CertResolver, SecretRef};
 
 mod admin;
 mod reload;
+mod workers;
 
 /// mimalloc: per-thread free lists suit a proxy's many short-lived
 /// buffers (requests, headers, frames) better than glibc's malloc.
@@ -64,7 +65,8 @@ struct Args {
     /// absent SNI; default: a generated self-signed certificate.
     #[arg(long, value_parser = parse_secret_ref)]
     default_certificate: Option<SecretRef>,
-    /// Worker threads (default: one per CPU).
+    /// Worker threads, each serving the connections it accepts on a
+    /// single-threaded runtime (default: one per CPU).
     #[arg(long)]
     workers: Option<usize>,
     /// Proxies whose X-Forwarded-* headers are trusted (CIDRs, comma
@@ -110,12 +112,12 @@ fn main() -> Result<()> {
     let args = Args::parse();
     // Flushes the access log's buffer when main returns.
     let _access_log = init_logging(args.access_log);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().thread_name("ingress-worker");
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(workers.max(1));
-    }
-    let runtime = runtime.build().context("starting the async runtime")?;
+    // The control plane (watcher, reloads, admin) on this thread; requests
+    // on the workers' threads (see `workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(run(args))
 }
 
@@ -130,27 +132,25 @@ fn init_logging(access_log: bool) -> Option<FlushGuard> {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
 
-    // Only callsite filters (EnvFilter, Targets): their verdict is cached
-    // per callsite, so the h2 crate's per-stream trace spans cost nothing.
-    // A `filter_fn` is asked again on every span and event, which took a
-    // fifth of the CPU under HTTP/2 load.
-    let global = EnvFilter::try_from_default_env()
+    // Per-layer callsite filters only (EnvFilter, Targets), and no layer
+    // more verbose than RUST_LOG: then the subscriber's maximum level is
+    // RUST_LOG's, and the h2 crate's per-frame `trace!` calls stop at a
+    // level comparison. A layer open to TRACE (even one that drops the
+    // event later) made every one of them walk the filter directives: a
+    // tenth of the CPU under HTTP/2 load. A `filter_fn` is worse: asked
+    // again on every span and event.
+    let ops_filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info"))
-        // The access log is on whatever RUST_LOG says (it has its own
-        // switch, --access-log).
+        // The access log has its own layer and switch (--access-log).
         .add_directive(
-            format!("{ACCESS_LOG_TARGET}=info")
+            format!("{ACCESS_LOG_TARGET}=off")
                 .parse()
-                .unwrap_or_else(|_| LevelFilter::INFO.into()),
+                .unwrap_or_else(|_| LevelFilter::OFF.into()),
         );
     let ops = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(
-            Targets::new()
-                .with_default(LevelFilter::TRACE)
-                .with_target(ACCESS_LOG_TARGET, LevelFilter::OFF),
-        );
+        .with_filter(ops_filter);
     let buffer = if access_log {
         match LogBuffer::new(std::io::stdout()) {
             Ok(buffer) => Some(buffer),
@@ -169,11 +169,7 @@ fn init_logging(access_log: bool) -> Option<FlushGuard> {
     } else {
         (None, None)
     };
-    tracing_subscriber::registry()
-        .with(global)
-        .with(ops)
-        .with(access)
-        .init();
+    tracing_subscriber::registry().with(ops).with(access).init();
     guard
 }
 
@@ -202,12 +198,8 @@ async fn run(args: Args) -> Result<()> {
     // Bind everything first: a port in use fails start-up, before any
     // work. Connections queue in the backlog until the first build.
     let admin = admin::Admin::start(args.metrics_addr, metrics.clone()).await?;
-    let http = tokio::net::TcpListener::bind(args.http_bind)
-        .await
-        .with_context(|| format!("binding the HTTP listener on {}", args.http_bind))?;
-    let https = tokio::net::TcpListener::bind(args.https_bind)
-        .await
-        .with_context(|| format!("binding the HTTPS listener on {}", args.https_bind))?;
+    let http = workers::bind(args.http_bind, "HTTP")?;
+    let https = workers::bind(args.https_bind, "HTTPS")?;
 
     let (watcher, mut changes) = gangplank::source::ManifestWatcher::start(&args.manifests, KINDS)
         .with_context(|| format!("watching {}", args.manifests.display()))?;
@@ -229,16 +221,22 @@ async fn run(args: Args) -> Result<()> {
         Arc::new(tls::server_config(resolver).context("building the TLS configuration")?);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|&s| s).await.map(drop);
-    };
-    let http_task = tokio::spawn(proxy::serve(http, proxy.clone(), stopped(stop_rx.clone())));
-    let https_task = tokio::spawn(proxy::serve_tls(
+    let count = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let listeners = workers::Listeners {
+        http,
         https,
-        proxy.clone(),
-        tls_config,
-        stopped(stop_rx.clone()),
-    ));
+        tls: tls_config,
+    };
+    let workers = match workers::Workers::start(count, &listeners, &proxy, &stop_rx) {
+        Ok(workers) => workers,
+        Err(e) => {
+            stop_tx.send_replace(true);
+            return Err(e);
+        }
+    };
+    drop(listeners);
     metrics.set_ready();
     tracing::info!(
         http = %args.http_bind,
@@ -273,7 +271,7 @@ async fn run(args: Args) -> Result<()> {
     tracing::info!("shutting down: finishing requests in flight");
     drop(watcher);
     stop_tx.send_replace(true);
-    let _ = tokio::join!(http_task, https_task);
+    workers.join().await;
     admin.stop().await;
     tracing::info!("stopped");
     Ok(())

@@ -561,8 +561,8 @@ impl Bench {
                     .args(["--https-bind", HTTPS_ADDR, "--http-bind", HTTP_ADDR])
                     .args(["--metrics-addr", METRICS_ADDR])
                     .arg(format!("--workers={w}"))
-                    // The access log (one JSON line per request) is written,
-                    // and thrown away: nginx and haproxy log nothing here.
+                    // Like nginx's `access_log off` and haproxy without `log`.
+                    .arg("--access-log=false")
                     .stdout(Stdio::null())
                     .env("RUST_LOG", "info");
                 cmd
