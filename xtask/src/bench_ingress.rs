@@ -8,7 +8,7 @@
 //! The proxy is pinned to its own CPUs (`--workers` of them) and the load
 //! generator and upstreams to the others, so the proxy never competes with
 //! its load for a core. Each proxy/pattern is measured `--repeats` times,
-//! proxies interleaved; the report gives medians and the range.
+//! proxies taking turns within each mode; the report gives medians and the range.
 //!
 //! Output: `target/bench/ingress.md` (also printed) and
 //! `target/bench/ingress.json` with every run; the configurations and the
@@ -911,9 +911,9 @@ fn report(
         r,
         "Set-up: one network namespace, loopback only; {w} worker{s} per proxy (nginx `worker_processes {w}`, haproxy `nbthread {w}`, gangplank-ingress `--workers {w}`); {cpus}. \
          Same routes (host {HOST}: `/` Prefix, `/api` Prefix, `/static/app.js` Exact), same certificate ({cert}), {tls} negotiated, \
-         two `gp-http` upstreams reached over pooled HTTP/1.1 keep-alive connections. \
-         No access log: nginx `access_log off`, haproxy without `log`; gangplank-ingress writes its JSON access log to stdout, which goes to /dev/null. \
-         Load: `gp-load` on `{MEASURED_PATH}`, {warm} s warm-up then {d} s measured, {n} run{ns} per cell, proxies interleaved; \
+         two `gp-http` upstreams reached over pooled HTTP/1.1 keep-alive connections, the same forwarded headers (`X-Forwarded-For`, `-Proto`, `-Host`, `-Port`, `X-Real-IP`). \
+         No access log: nginx `access_log off`, haproxy without `log`, gangplank-ingress `--access-log=false`. \
+         Load: `gp-load` on `{MEASURED_PATH}`, {warm} s warm-up then {d} s measured, {n} run{ns} per cell, proxies taking turns within each mode; \
          keepalive: {c} connections; newconn: {c} concurrent, each request a new TCP connection and full TLS handshake (no resumption), `Connection: close`; \
          h2: {h2c} connections × {h2s} streams. Errors: transport errors, timeouts and non-2xx answers.\n",
         w = opts.workers,
@@ -1140,12 +1140,14 @@ pub fn run(opts: &IngressOptions) -> Result<()> {
     let upstreams = bench.start_upstreams()?;
     let mut samples = Vec::new();
     for repeat in 0..opts.repeats {
-        // Rotating the order spreads slow drifts of the machine over all.
+        // The proxies take turns within each mode, so that the runs being
+        // compared are seconds apart: this VM's speed drifts by a quarter
+        // over minutes. Rotating the order spreads what drift is left.
         let mut order = proxies.clone();
         order.rotate_left(repeat % proxies.len());
-        for proxy in order {
-            let mut d = bench.start_proxy(proxy)?;
-            for &mode in &modes {
+        for &mode in &modes {
+            for &proxy in &order {
+                let mut d = bench.start_proxy(proxy)?;
                 let s = bench.measure(proxy, &mut d, &upstreams, mode, repeat)?;
                 println!(
                     "  run {}/{} {:<17} {:<9} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {:<4} proxy CPU {:>3.0}%  load CPU {:>3.0}%  other CPU {:>3.0}%",
@@ -1162,8 +1164,8 @@ pub fn run(opts: &IngressOptions) -> Result<()> {
                     s.other_cpu * 100.0
                 );
                 samples.push(s);
+                d.stop();
             }
-            d.stop();
         }
     }
     drop(upstreams);

@@ -205,6 +205,9 @@ http {{
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_set_header X-Forwarded-Proto $scheme;
     proxy_set_header X-Forwarded-Host $host;
+    # The headers gangplank-ingress (and ingress-nginx) also send.
+    proxy_set_header X-Forwarded-Port $server_port;
+    proxy_set_header X-Real-IP $remote_addr;
 
     server {{
         listen {HTTPS_ADDR} ssl{listen_h2} default_server;
@@ -269,6 +272,8 @@ frontend bench
     option forwardfor
     http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Real-IP %[src]
     acl bench_host req.hdr(host),field(1,:) -i {HOST}
     acl api_path path /api
     acl api_path path_beg /api/
