@@ -22,6 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 pub mod agent;
 pub mod bpf;
 pub mod cluster;
+pub mod fake_api;
 pub mod ingress;
 pub mod manifests;
 pub mod northsouth;

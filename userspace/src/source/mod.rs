@@ -17,6 +17,7 @@
 
 mod dir_state;
 mod error;
+pub mod kube;
 mod manifests;
 mod object;
 mod parallel;
