@@ -28,6 +28,9 @@ pub struct AgentOpts {
     pub extra_args: Vec<String>,
     /// `RUST_LOG` (default "info").
     pub log: Option<String>,
+    /// `--kubeconfig`: follow this API server instead of the cluster's
+    /// manifest directory.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl AgentOpts {
@@ -48,6 +51,12 @@ impl AgentOpts {
     /// `--xdp MODE`.
     pub fn xdp(mut self, mode: &str) -> Self {
         self.xdp = Some(mode.into());
+        self
+    }
+
+    /// Follow the API server of `kubeconfig` (cluster mode).
+    pub fn kubeconfig(mut self, kubeconfig: PathBuf) -> Self {
+        self.kubeconfig = Some(kubeconfig);
         self
     }
 
@@ -122,10 +131,12 @@ impl Agent {
 
     fn spawn(&mut self, cluster: &Cluster) -> Result<()> {
         let mut cmd = gangplank_cmd()?;
-        cmd.arg("agent")
-            .arg("--manifests")
-            .arg(cluster.manifests_dir())
-            .arg("--node-name")
+        cmd.arg("agent");
+        match &self.opts.kubeconfig {
+            Some(kubeconfig) => cmd.arg("--kubeconfig").arg(kubeconfig),
+            None => cmd.arg("--manifests").arg(cluster.manifests_dir()),
+        };
+        cmd.arg("--node-name")
             .arg(&self.node)
             .arg("--cgroup")
             .arg(&self.cgroup)

@@ -92,10 +92,17 @@ impl FakeApi {
 
     /// Starts with bookmarks every `bookmark_interval` on watches that ask.
     pub fn start_with(bookmark_interval: Duration) -> Result<FakeApi> {
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("binding the fake API server")?;
-        let addr = std_listener.local_addr()?;
-        std_listener.set_nonblocking(true)?;
+        Self::start_inner(bookmark_interval, None)
+    }
+
+    /// Starts on the loopback of the network namespace `netns` (a name
+    /// under /run/netns), where a node's agent can reach it.
+    pub fn start_in_netns(netns: &str) -> Result<FakeApi> {
+        Self::start_inner(Duration::from_millis(500), Some(netns))
+    }
+
+    fn start_inner(bookmark_interval: Duration, netns: Option<&str>) -> Result<FakeApi> {
+        let ns = netns.map(crate::sys::open_netns).transpose()?;
         let shared = Arc::new(Shared {
             store: Mutex::default(),
             changes: broadcast::channel(1 << 16).0,
@@ -110,10 +117,36 @@ impl FakeApi {
             .build()
             .context("starting the fake API server's runtime")?;
         let s = shared.clone();
+        // Bound and served from a thread inside the namespace: sockets
+        // belong to the namespace of the thread that makes them.
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("fake-api".into())
-            .spawn(move || runtime.block_on(serve(s, addr, Some(std_listener), stop_rx)))
+            .spawn(move || {
+                let bound = (|| -> Result<(std::net::TcpListener, SocketAddr)> {
+                    if let Some(ns) = &ns {
+                        crate::sys::setns_net(ns).context("entering the network namespace")?;
+                    }
+                    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+                        .context("binding the fake API server")?;
+                    listener.set_nonblocking(true)?;
+                    let addr = listener.local_addr()?;
+                    Ok((listener, addr))
+                })();
+                match bound {
+                    Ok((listener, addr)) => {
+                        let _ = bound_tx.send(Ok(addr));
+                        runtime.block_on(serve(s, addr, Some(listener), stop_rx));
+                    }
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                    }
+                }
+            })
             .context("starting the fake API server thread")?;
+        let addr = bound_rx
+            .recv()
+            .context("the fake API server thread ended")??;
         Ok(FakeApi {
             addr,
             shared,
@@ -155,6 +188,18 @@ impl FakeApi {
             }
             Err(e) => panic!("fake API: cannot apply object: {e:?}"),
         }
+    }
+
+    /// Applies every document of a YAML manifest (as kubectl apply would).
+    pub fn apply_yaml(&self, text: &str) -> Result<()> {
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let value: Value =
+                serde::Deserialize::deserialize(doc).context("parsing a manifest")?;
+            if !value.is_null() {
+                self.apply(value);
+            }
+        }
+        Ok(())
     }
 
     /// Deletes `kind` `namespace/name`; false if it did not exist.

@@ -19,8 +19,12 @@ use crate::health::HealthServer;
 use crate::metrics::{AgentMetrics, MetricsServer};
 use crate::model::{Changes, HealthCheck, ModelObject, ServiceStore};
 use crate::preflight;
-use crate::source::{DirChange, ManifestWatcher, WatchConfig};
+use crate::source::kube::KubeOptions;
+use crate::source::DirChange;
+
+mod source;
 use crate::status;
+use source::Source;
 
 /// Default pin directory.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/gangplank";
@@ -35,8 +39,8 @@ pub const KINDS: &[&str] = &["Service", "EndpointSlice"];
 /// Agent settings (from the command line).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Directory of manifests to follow.
-    pub manifests: PathBuf,
+    /// Where Services and EndpointSlices come from.
+    pub source: SourceConfig,
     /// This node's name (EndpointSlice `nodeName`).
     pub node_name: String,
     /// cgroup v2 directory the socket hooks attach to.
@@ -60,6 +64,15 @@ pub struct Config {
     pub ct_gc_interval: Duration,
 }
 
+/// Where the agent reads Services and EndpointSlices.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// A manifest directory, followed with inotify.
+    Manifests(PathBuf),
+    /// The Kubernetes API server (cluster mode).
+    Api(KubeOptions),
+}
+
 /// How often map fill levels are sampled for the metrics.
 const MAP_FILL_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -69,11 +82,10 @@ pub async fn run(config: Config) -> Result<()> {
     preflight::require_kernel()?;
     preflight::require_cgroup2(&config.cgroup)?;
     preflight::require_bpffs(&config.bpffs)?;
-    if !config.manifests.is_dir() {
-        anyhow::bail!(
-            "--manifests {}: not a directory",
-            config.manifests.display()
-        );
+    if let SourceConfig::Manifests(dir) = &config.source {
+        if !dir.is_dir() {
+            anyhow::bail!("--manifests {}: not a directory", dir.display());
+        }
     }
 
     // Handlers first: a SIGTERM during start-up must still end in a clean
@@ -153,13 +165,10 @@ pub async fn run(config: Config) -> Result<()> {
     // are converted to the model's compact form on the watcher thread, so
     // k8s-openapi objects never pile up here.
     let mut store = ServiceStore::with_node_name(config.node_name.clone());
-    let (_watcher, mut changes) = ManifestWatcher::start_mapped(
-        &config.manifests,
-        KINDS,
-        WatchConfig::default(),
-        store.mapper(),
-    )
-    .with_context(|| format!("watching {}", config.manifests.display()))?;
+    let (source, mut changes) = Source::start(&config, store.mapper()).await?;
+    if let Some(api) = source.api_health() {
+        metrics.follow_api(api.clone());
+    }
     // The initial scan arrives in bounded batches. Each batch's frontends
     // are written as soon as it is parsed (map writes overlap with parsing
     // on the other core); what is no longer wanted is removed only once the
@@ -167,11 +176,24 @@ pub async fn run(config: Config) -> Result<()> {
     let mut files = 0;
     let mut desired = HashSet::new();
     let mut stats = Stats::default();
+    // The API server may be unreachable for a while: the pinned maps keep
+    // serving meanwhile, and the agent must stay alive (a restart would
+    // not help), so the wait beats the heartbeat and says what it waits for.
+    let mut waiting = tokio::time::interval(RETRY_INTERVAL);
+    waiting.tick().await;
     loop {
-        let batch = changes
-            .recv()
-            .await
-            .context("manifest watcher stopped during the first scan")?;
+        let batch = tokio::select! {
+            batch = changes.recv() => batch.context("the source stopped during the initial sync")?,
+            _ = waiting.tick() => {
+                metrics.heartbeat();
+                if let Some(api) = source.api_health() {
+                    warn!(status = %api.status(), "waiting for the initial list of Services and EndpointSlices; the pinned datapath keeps serving");
+                }
+                continue;
+            }
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+        };
         files += batch.changed.len();
         report_files(&batch);
         let synced = batch.synced;
@@ -260,7 +282,7 @@ pub async fn run(config: Config) -> Result<()> {
                         report_health(health.update(health_checks.clone()));
                     }
                 }
-                None => anyhow::bail!("manifest watcher stopped"),
+                None => anyhow::bail!("the source stopped"),
             },
             Some(()) = addr_changes.recv() => {
                 // Coalesce a burst (an address brings NEWADDR and NEWLINK).

@@ -64,9 +64,13 @@ enum Command {
 #[derive(clap::Args)]
 struct AgentArgs {
     /// Directory of Kubernetes manifests (Service, EndpointSlice), followed
-    /// for changes.
+    /// for changes. Without it, the agent follows the Kubernetes API server.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// kubeconfig file for the API server (default: KUBECONFIG, then
+    /// ~/.kube/config, then the pod's service account).
     #[arg(long)]
-    manifests: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// This node's name, as in EndpointSlice `nodeName` (default: hostname).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -155,7 +159,12 @@ fn main() -> Result<()> {
                 None => preflight::cgroup2_root()?,
             };
             let config = agent::Config {
-                manifests: args.manifests,
+                source: match args.manifests {
+                    Some(dir) => agent::SourceConfig::Manifests(dir),
+                    None => agent::SourceConfig::Api(gangplank::source::kube::KubeOptions {
+                        kubeconfig: args.kubeconfig,
+                    }),
+                },
                 node_name: match args.node_name {
                     Some(n) => n,
                     None => hostname()?,

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::dataplane::ct_gc::GcStats;
 use crate::http::{serve, text, Body, ServerThread};
+use crate::source::kube::{ApiHealth, ApiStatus};
 use crate::status::MapFill;
 
 /// `/healthz` fails once the agent loop has not called
@@ -72,6 +73,12 @@ pub struct AgentMetrics {
     /// Milliseconds after `started` of the last heartbeat.
     last_beat_ms: AtomicU64,
     liveness_timeout: Duration,
+    /// The API source's health, in cluster mode.
+    api: OnceLock<Arc<ApiHealth>>,
+    api_connected: Gauge,
+    api_restarts: Counter,
+    /// `api.restarts` already added to `api_restarts`.
+    api_restarts_counted: AtomicU64,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -153,7 +160,23 @@ impl AgentMetrics {
             "Live conntrack entries after the last garbage collection",
             ct_entries.clone(),
         );
+        let api_connected = Gauge::default();
+        registry.register(
+            "api_connected",
+            "1 while list and watch requests to the Kubernetes API server succeed (cluster mode)",
+            api_connected.clone(),
+        );
+        let api_restarts = Counter::default();
+        registry.register(
+            "api_watch_restarts",
+            "List and watch requests to the Kubernetes API server that failed and were retried",
+            api_restarts.clone(),
+        );
         Self {
+            api: OnceLock::new(),
+            api_connected,
+            api_restarts,
+            api_restarts_counted: AtomicU64::new(0),
             registry,
             frontends,
             backends,
@@ -251,8 +274,27 @@ impl AgentMetrics {
         self.since_heartbeat() <= self.liveness_timeout
     }
 
+    /// Reports the Kubernetes API source's health in the metrics and in
+    /// `/healthz` (cluster mode).
+    pub fn follow_api(&self, health: Arc<ApiHealth>) {
+        let _ = self.api.set(health);
+    }
+
+    /// The API server status line for `/healthz`, in cluster mode.
+    pub fn api_status(&self) -> Option<ApiStatus> {
+        self.api.get().map(|api| api.status())
+    }
+
     /// The scrape text (OpenMetrics).
     pub fn encode(&self) -> String {
+        if let Some(status) = self.api_status() {
+            self.api_connected.set(i64::from(status.connected));
+            let counted = self
+                .api_restarts_counted
+                .swap(status.restarts, Ordering::Relaxed);
+            self.api_restarts
+                .inc_by(status.restarts.saturating_sub(counted));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail; an error here would be a bug
         // in an encoder, reported in the output rather than by a panic.
@@ -321,7 +363,13 @@ fn respond(state: &AgentMetrics, req: &Request<Incoming>) -> Response<Body> {
         }
         "/healthz" => {
             if state.is_alive() {
-                text(StatusCode::OK, "ok")
+                // Alive even while the API server is away: the datapath
+                // keeps the last known state, and a restart would not
+                // bring the API server back. Said in the body.
+                match state.api_status() {
+                    Some(api) => text(StatusCode::OK, format!("ok\n{api}\n")),
+                    None => text(StatusCode::OK, "ok"),
+                }
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
