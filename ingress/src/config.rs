@@ -24,6 +24,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use crate::annotations::IngressOptions;
 use crate::proxy::ProxyState;
 use crate::route::{ClassConfig, ClassFilter, IngressRef, RouteTable};
+use crate::status::{ingress_addresses, service_addresses, IngressStatus, LbAddress, Publish};
 use crate::tls::{CertStore, SecretRef};
 use crate::upstream::build_upstreams;
 
@@ -43,6 +44,9 @@ pub struct Settings {
     pub class: ClassConfig,
     /// `--default-certificate`.
     pub default_certificate: Option<SecretRef>,
+    /// What Ingress status publishes (`--publish-service`,
+    /// `--publish-address`).
+    pub publish: Publish,
 }
 
 /// The objects of every manifest file.
@@ -68,6 +72,14 @@ pub struct Built {
     pub certs: Arc<CertStore>,
     /// Every problem in the applied objects, each naming its object.
     pub errors: Vec<String>,
+    /// The Secrets served Ingresses (and `--default-certificate`) name:
+    /// in cluster mode, the only Secrets read.
+    pub secrets: BTreeSet<SecretRef>,
+    /// Every Ingress, served or not, with its current status.
+    pub ingresses: Vec<IngressStatus>,
+    /// The addresses served Ingresses' status should show (empty when
+    /// nothing is published).
+    pub publish: Vec<LbAddress>,
 }
 
 impl ObjectStore {
@@ -154,7 +166,40 @@ impl ObjectStore {
             }
         }
         let filter = ClassFilter::new(classes.iter().copied(), &settings.class);
+        let statuses: Vec<IngressStatus> = ingresses
+            .iter()
+            .map(|i| IngressStatus {
+                ingress: ingress_ref(i),
+                served: filter.serves(i),
+                current: ingress_addresses(i),
+            })
+            .collect();
         let served: Vec<&Ingress> = ingresses.into_iter().filter(|i| filter.serves(i)).collect();
+        let mut wanted_secrets: BTreeSet<SecretRef> =
+            settings.default_certificate.iter().cloned().collect();
+        for ingress in &served {
+            let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
+            let tls = ingress.spec.as_ref().and_then(|s| s.tls.as_ref());
+            for name in tls
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.secret_name.as_deref())
+            {
+                wanted_secrets.insert(SecretRef::new(namespace, name));
+            }
+        }
+        let publish = match &settings.publish {
+            Publish::Nothing => Vec::new(),
+            Publish::Addresses(addresses) => addresses.clone(),
+            Publish::Service(namespace, name) => services
+                .iter()
+                .find(|s| {
+                    s.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                        && s.metadata.name.as_deref() == Some(name)
+                })
+                .map(|s| service_addresses(s))
+                .unwrap_or_default(),
+        };
 
         let mut errors = Vec::new();
         let (routes, route_errors) = RouteTable::from_served(served.iter().copied());
@@ -189,6 +234,9 @@ impl ObjectStore {
             },
             certs,
             errors,
+            secrets: wanted_secrets,
+            ingresses: statuses,
+            publish,
         }
     }
 }

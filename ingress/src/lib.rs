@@ -5,9 +5,11 @@
 pub mod access_log;
 pub mod annotations;
 pub mod config;
+pub mod leader;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod status;
 pub mod tls;
 pub mod upstream;
 

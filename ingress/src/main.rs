@@ -16,15 +16,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use gangplank::source::kube::{connect, KubeOptions};
 use gangplank_ingress::access_log::{FlushGuard, JsonLines, LogBuffer};
 use gangplank_ingress::config::{ObjectStore, Settings, KINDS};
+use gangplank_ingress::leader::{Elector, LeaseConfig};
 use gangplank_ingress::metrics::IngressMetrics;
 use gangplank_ingress::proxy::record::ACCESS_LOG_TARGET;
 use gangplank_ingress::proxy::{Cidr, Proxy, ProxyConfig};
 use gangplank_ingress::route::{ClassConfig, DEFAULT_CONTROLLER};
+use gangplank_ingress::status::{LbAddress, Publish};
 use gangplank_ingress::tls::{self, CertResolver, SecretRef};
 
 mod admin;
+mod cluster;
 mod reload;
 mod workers;
 
@@ -42,9 +46,31 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Args {
     /// Directory of Kubernetes manifests (Ingress, IngressClass, Service,
     /// EndpointSlice, Secret of type kubernetes.io/tls), followed for
-    /// changes.
+    /// changes. Without it, the Kubernetes API server is followed.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// kubeconfig file for the API server (default: KUBECONFIG, then
+    /// ~/.kube/config, then the pod's service account).
     #[arg(long)]
-    manifests: PathBuf,
+    kubeconfig: Option<PathBuf>,
+    /// Publish this Service's load-balancer addresses in the status of
+    /// served Ingresses (NAMESPACE/NAME; cluster mode).
+    #[arg(long, value_parser = parse_secret_ref, conflicts_with = "publish_address")]
+    publish_service: Option<SecretRef>,
+    /// Publish these addresses (IPs or hostnames, comma separated) in the
+    /// status of served Ingresses (cluster mode).
+    #[arg(long, value_delimiter = ',')]
+    publish_address: Vec<String>,
+    /// Name of the Lease that elects the replica writing Ingress status.
+    #[arg(long, default_value = "gangplank-ingress-leader")]
+    election_id: String,
+    /// This replica's name in the election (default: the hostname, which
+    /// is the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Namespace of the election Lease (the ingress's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pod_namespace: String,
     /// Plain-HTTP listener (HTTP/1.1 and h2c with prior knowledge).
     #[arg(long, default_value = "0.0.0.0:80")]
     http_bind: SocketAddr,
@@ -193,6 +219,18 @@ async fn run(args: Args) -> Result<()> {
             class_name: args.ingress_class.clone(),
         },
         default_certificate: args.default_certificate.clone(),
+        publish: if let Some(service) = &args.publish_service {
+            Publish::Service(service.namespace.clone(), service.name.clone())
+        } else if !args.publish_address.is_empty() {
+            Publish::Addresses(
+                args.publish_address
+                    .iter()
+                    .map(|a| LbAddress::parse(a))
+                    .collect(),
+            )
+        } else {
+            Publish::Nothing
+        },
     };
 
     // Bind everything first: a port in use fails start-up, before any
@@ -201,21 +239,56 @@ async fn run(args: Args) -> Result<()> {
     let http = workers::bind(args.http_bind, "HTTP")?;
     let https = workers::bind(args.https_bind, "HTTPS")?;
 
-    let (watcher, mut changes) = gangplank::source::ManifestWatcher::start(&args.manifests, KINDS)
-        .with_context(|| format!("watching {}", args.manifests.display()))?;
+    let publishing = settings.publish != Publish::Nothing;
+    let (source, mut changes, client) = match &args.manifests {
+        Some(dir) => {
+            let (watcher, changes) = gangplank::source::ManifestWatcher::start(dir, KINDS)
+                .with_context(|| format!("watching {}", dir.display()))?;
+            (cluster::Source::Manifests(watcher), changes, None)
+        }
+        None => {
+            let client = connect(&KubeOptions {
+                kubeconfig: args.kubeconfig.clone(),
+            })
+            .await?;
+            let (source, changes) = cluster::Source::api(client.clone());
+            (source, changes, Some(client))
+        }
+    };
     let mut reloader = reload::Reloader::new(ObjectStore::new(), settings, proxy.clone());
     // The initial scan may come in several batches; serve once it is whole.
-    loop {
-        let Some(change) = changes.recv().await else {
-            anyhow::bail!("the manifest watcher stopped before the initial scan completed");
-        };
-        let synced = change.synced;
-        reloader.stage(change);
-        if synced {
-            break;
-        }
+    wait_for_sync(&mut changes, &mut reloader).await?;
+    let mut applied = reloader.rebuild();
+    // In cluster mode, the Secrets those objects name are read now; serve
+    // once they are in too.
+    if source.read_secrets(&applied.secrets) > 0 {
+        wait_for_sync(&mut changes, &mut reloader).await?;
+        applied = reloader.rebuild();
     }
-    let resolver = Arc::new(CertResolver::new(reloader.rebuild()));
+    let elector = match (&client, publishing) {
+        (Some(client), true) => {
+            let identity = match &args.pod_name {
+                Some(name) => name.clone(),
+                None => hostname()?,
+            };
+            Some(Elector::start(
+                client.clone(),
+                LeaseConfig::new(&args.pod_namespace, &args.election_id, &identity),
+            ))
+        }
+        _ => None,
+    };
+    let status = match (&client, &elector) {
+        (Some(client), Some(elector)) => Some(cluster::StatusWriter::start(
+            client.clone(),
+            elector.subscribe(),
+        )),
+        _ => None,
+    };
+    if let Some(status) = &status {
+        status.update(applied.ingresses.clone(), applied.publish.clone());
+    }
+    let resolver = Arc::new(CertResolver::new(applied.certs.clone()));
     reloader.set_resolver(resolver.clone());
     let tls_config =
         Arc::new(tls::server_config(resolver).context("building the TLS configuration")?);
@@ -256,7 +329,11 @@ async fn run(args: Args) -> Result<()> {
                     while let Ok(more) = changes.try_recv() {
                         reloader.stage(more);
                     }
-                    reloader.rebuild();
+                    let applied = reloader.rebuild();
+                    source.read_secrets(&applied.secrets);
+                    if let Some(status) = &status {
+                        status.update(applied.ingresses, applied.publish);
+                    }
                 }
                 None => {
                     tracing::error!("the manifest watcher stopped: configuration is frozen until restart");
@@ -269,12 +346,44 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     tracing::info!("shutting down: finishing requests in flight");
-    drop(watcher);
+    drop(source);
+    if let Some(elector) = elector {
+        // Hands the Lease over to the next replica at once.
+        elector.stop().await;
+    }
     stop_tx.send_replace(true);
     workers.join().await;
     admin.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Stages batches until one says the source is in sync.
+async fn wait_for_sync(
+    changes: &mut tokio::sync::mpsc::Receiver<gangplank::source::DirChange>,
+    reloader: &mut reload::Reloader,
+) -> Result<()> {
+    loop {
+        let Some(change) = changes.recv().await else {
+            anyhow::bail!("the source stopped before the initial sync completed");
+        };
+        let synced = change.synced;
+        reloader.stage(change);
+        if synced {
+            return Ok(());
+        }
+    }
+}
+
+/// The default election identity: the hostname (a pod's name).
+fn hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the hostname for the default --pod-name")?;
+    let name = name.trim();
+    if name.is_empty() {
+        anyhow::bail!("the hostname is empty: pass --pod-name (or set POD_NAME)");
+    }
+    Ok(name.to_owned())
 }
 
 async fn wait_for_signal(sigterm: &mut tokio::signal::unix::Signal) {

@@ -10,8 +10,21 @@ use std::time::Instant;
 use gangplank::source::DirChange;
 use gangplank_ingress::config::{ObjectStore, Settings};
 use gangplank_ingress::proxy::Proxy;
-use gangplank_ingress::tls::{CertResolver, CertStore};
+use gangplank_ingress::status::{IngressStatus, LbAddress};
+use gangplank_ingress::tls::{CertResolver, CertStore, SecretRef};
 use tracing::{info, warn};
+
+/// What a rebuild leaves for the rest of the binary.
+pub struct Applied {
+    /// The certificates now served.
+    pub certs: Arc<CertStore>,
+    /// The Secrets served Ingresses name (cluster mode reads only these).
+    pub secrets: BTreeSet<SecretRef>,
+    /// Every Ingress and whether it is served, for the status writer.
+    pub ingresses: Vec<IngressStatus>,
+    /// The addresses to publish in Ingress status.
+    pub publish: Vec<LbAddress>,
+}
 
 pub struct Reloader {
     store: ObjectStore,
@@ -53,7 +66,7 @@ impl Reloader {
 
     /// Rebuilds routes, endpoints and certificates from the store and
     /// serves them from the next request and handshake on.
-    pub fn rebuild(&mut self) -> Arc<CertStore> {
+    pub fn rebuild(&mut self) -> Applied {
         let start = Instant::now();
         let built = self.store.build(&self.settings, self.certs.as_deref());
         let now: BTreeSet<String> = built.errors.iter().cloned().collect();
@@ -83,6 +96,11 @@ impl Reloader {
         self.staged = 0;
         self.reported = now;
         self.certs = Some(built.certs.clone());
-        built.certs
+        Applied {
+            certs: built.certs,
+            secrets: built.secrets,
+            ingresses: built.ingresses,
+            publish: built.publish,
+        }
     }
 }

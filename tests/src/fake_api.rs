@@ -67,6 +67,8 @@ struct Shared {
     cut: watch::Sender<u64>,
     refusing: watch::Sender<bool>,
     writes: Mutex<Vec<Recorded>>,
+    /// `path?query` of every request.
+    requests: Mutex<Vec<String>>,
     bookmark_interval: Duration,
 }
 
@@ -95,20 +97,28 @@ impl FakeApi {
         Self::start_inner(bookmark_interval, None)
     }
 
-    /// Starts on the loopback of the network namespace `netns` (a name
-    /// under /run/netns), where a node's agent can reach it.
-    pub fn start_in_netns(netns: &str) -> Result<FakeApi> {
-        Self::start_inner(Duration::from_millis(500), Some(netns))
+    /// Starts on `ip` (a free port) in the network namespace `netns` (a
+    /// name under /run/netns): its loopback for a node's own agent, the
+    /// node's address for processes on other nodes too.
+    pub fn start_in_netns(netns: &str, ip: std::net::IpAddr) -> Result<FakeApi> {
+        Self::start_inner(Duration::from_millis(500), Some((netns, ip)))
     }
 
-    fn start_inner(bookmark_interval: Duration, netns: Option<&str>) -> Result<FakeApi> {
-        let ns = netns.map(crate::sys::open_netns).transpose()?;
+    fn start_inner(
+        bookmark_interval: Duration,
+        netns: Option<(&str, std::net::IpAddr)>,
+    ) -> Result<FakeApi> {
+        let bind_ip = netns.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |(_, ip)| ip);
+        let ns = netns
+            .map(|(ns, _)| crate::sys::open_netns(ns))
+            .transpose()?;
         let shared = Arc::new(Shared {
             store: Mutex::default(),
             changes: broadcast::channel(1 << 16).0,
             cut: watch::channel(0).0,
             refusing: watch::channel(false).0,
             writes: Mutex::default(),
+            requests: Mutex::default(),
             bookmark_interval,
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -127,7 +137,7 @@ impl FakeApi {
                     if let Some(ns) = &ns {
                         crate::sys::setns_net(ns).context("entering the network namespace")?;
                     }
-                    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+                    let listener = std::net::TcpListener::bind((bind_ip, 0))
                         .context("binding the fake API server")?;
                     listener.set_nonblocking(true)?;
                     let addr = listener.local_addr()?;
@@ -262,6 +272,15 @@ impl FakeApi {
             .store()
             .denied
             .remove(&(verb.to_owned(), plural.to_owned()));
+    }
+
+    /// `METHOD path?query` (query decoded) of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every write so far, oldest first.
@@ -440,6 +459,15 @@ fn write_failure(e: WriteError) -> Response<Body> {
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
+    shared
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(format!(
+            "{} {path}?{}",
+            req.method(),
+            percent_decode(&query)
+        ));
     if path == "/version" {
         return Ok(json_response(
             StatusCode::OK,

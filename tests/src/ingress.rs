@@ -435,10 +435,26 @@ impl IngressProxy {
     /// netns, listening on the node address (ports 80, 443, 10254), with two
     /// workers and `extra` flags, and waits for `ingress ready`.
     pub fn start(c: &Cluster, node: &str, extra: &[&str]) -> Result<IngressProxy> {
+        let manifests = c.manifests_dir().display().to_string();
+        Self::spawn(c, node, &["--manifests", &manifests], extra)
+    }
+
+    /// [`IngressProxy::start`] in cluster mode: following the API server
+    /// of `kubeconfig` instead of the manifests.
+    pub fn start_with_api(
+        c: &Cluster,
+        node: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Result<IngressProxy> {
+        let kubeconfig = kubeconfig.display().to_string();
+        Self::spawn(c, node, &["--kubeconfig", &kubeconfig], extra)
+    }
+
+    fn spawn(c: &Cluster, node: &str, source: &[&str], extra: &[&str]) -> Result<IngressProxy> {
         let ip = c.node(node).address;
         let mut cmd = Command::new(target_binary("gangplank-ingress")?);
-        cmd.arg("--manifests")
-            .arg(c.manifests_dir())
+        cmd.args(source)
             .args(["--http-bind", &format!("{ip}:{HTTP_PORT}")])
             .args(["--https-bind", &format!("{ip}:{HTTPS_PORT}")])
             .args(["--metrics-addr", &format!("{ip}:{METRICS_PORT}")])

@@ -48,7 +48,8 @@ fn env(test: &str) -> Env {
         .iter()
         .map(|p| c.serve(p, &[PORT], &[]).expect("server"))
         .collect();
-    let api = FakeApi::start_in_netns(c.netns("node-a")).expect("fake API server");
+    let api =
+        FakeApi::start_in_netns(c.netns("node-a"), [127, 0, 0, 1].into()).expect("fake API server");
     api.apply_yaml(&service("web", WEB)).expect("web");
     api.apply_yaml(&slice(&c, "web", &["pod-a1"]))
         .expect("web slice");

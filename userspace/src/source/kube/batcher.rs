@@ -13,9 +13,9 @@
 //!   list no longer had are removed. That is how a relist after 410 Gone
 //!   or an outage converges without dropping anything that still exists.
 //! - Several events for one path in a batch: the last one wins.
-//! - `synced` is false until every watch has completed its first list;
-//!   after that it stays true (watches added later, such as one Secret's,
-//!   do not make the consumer wait again).
+//! - `synced` is false while a watch has not completed its first list:
+//!   at start, and again while a watch added later (one Secret's) lists,
+//!   so that a consumer can wait for what it just asked for.
 
 use std::collections::{BTreeMap, BTreeSet};
 #[cfg(test)]
@@ -38,6 +38,8 @@ pub fn object_path(kind: Kind, namespace: Option<&str>, name: &str) -> PathBuf {
 /// One watch event, with the object already mapped.
 #[derive(Debug)]
 pub enum WatchEvent<T> {
+    /// The watch was started (after the others).
+    Started,
     /// A (re)list starts.
     Init,
     /// An object exists (from a list or a watch).
@@ -83,11 +85,18 @@ impl<T> Batcher<T> {
     /// Registers a watch before its events arrive (so that `synced` waits
     /// for its first list).
     pub fn add_watch(&mut self, spec: WatchSpec) {
-        self.watches.entry(spec).or_default();
+        if let std::collections::btree_map::Entry::Vacant(e) = self.watches.entry(spec) {
+            e.insert(WatchState::default());
+            self.synced = false;
+        }
     }
 
     /// Applies one event of `spec`'s watch.
     pub fn event(&mut self, spec: &WatchSpec, event: WatchEvent<T>) {
+        if let WatchEvent::Started = event {
+            self.add_watch(spec.clone());
+            return;
+        }
         if let WatchEvent::Stopped = event {
             if let Some(state) = self.watches.remove(spec) {
                 for path in state.known {
@@ -127,7 +136,7 @@ impl<T> Batcher<T> {
                 }
                 self.check_synced();
             }
-            WatchEvent::Stopped => {}
+            WatchEvent::Started | WatchEvent::Stopped => {}
         }
     }
 
@@ -305,12 +314,17 @@ mod tests {
         b.event(&svc, WatchEvent::Init);
         b.event(&svc, WatchEvent::InitDone);
         b.take();
-        b.add_watch(secret.clone());
+        b.event(&secret, WatchEvent::Started);
         b.event(&secret, WatchEvent::Init);
         let p = object_path(Kind::Secret, Some("web"), "tls");
         b.event(&secret, WatchEvent::Apply(p.clone(), "tls"));
+        assert!(
+            !b.take().synced,
+            "a watch added later unsyncs until it has listed"
+        );
         b.event(&secret, WatchEvent::InitDone);
-        assert!(b.take().synced, "a watch added later does not unsync");
+        assert!(b.has_batch(), "the sync is announced");
+        assert!(b.take().synced);
         b.event(&secret, WatchEvent::Stopped);
         let change = b.take();
         assert_eq!(change.removed, [p]);

@@ -162,8 +162,10 @@ impl<T: Send + 'static> ApiWatcher<T> {
 
     /// Makes the watches of `kind` other than `specs`' stop (their objects
     /// are removed from the batches) and starts the missing ones. Used for
-    /// Secrets: only those that served Ingresses name are read.
-    pub fn set_dynamic(&self, kind: Kind, specs: &[WatchSpec]) {
+    /// Secrets: only those that served Ingresses name are read. Returns how
+    /// many watches it started: until they have listed, batches say
+    /// `synced: false`, and the one that completes them says `true`.
+    pub fn set_dynamic(&self, kind: Kind, specs: &[WatchSpec]) -> usize {
         let mut watches = self.lock();
         let stale: Vec<WatchSpec> = watches
             .keys()
@@ -177,11 +179,16 @@ impl<T: Send + 'static> ApiWatcher<T> {
             let _ = self.events.send((spec, WatchEvent::Stopped));
         }
         drop(watches);
+        let mut started = 0;
         for spec in specs {
             if !self.lock().contains_key(spec) {
+                // Registered before any of its events can arrive.
+                let _ = self.events.send((spec.clone(), WatchEvent::Started));
                 self.spawn(spec.clone());
+                started += 1;
             }
         }
+        started
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WatchSpec, JoinHandle<()>>> {

@@ -1,0 +1,151 @@
+//! Cluster mode: the objects from the Kubernetes API server, only the
+//! Secrets that served Ingresses name, and Ingress status written by the
+//! elected replica.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use gangplank::source::kube::{ApiWatchConfig, ApiWatcher, WatchSpec};
+use gangplank::source::{DirChange, Kind, ManifestWatcher, Object};
+use gangplank_ingress::route::IngressRef;
+use gangplank_ingress::status::{plan, IngressStatus, LbAddress};
+use gangplank_ingress::tls::SecretRef;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// Where the objects come from; stops when dropped.
+pub enum Source {
+    /// A manifest directory (it holds every Secret it has).
+    Manifests(#[allow(dead_code)] ManifestWatcher),
+    /// The API server.
+    Api(Box<ApiWatcher<Object>>),
+}
+
+impl Source {
+    /// Watches Ingresses, IngressClasses, Services and EndpointSlices on
+    /// the API server (Secrets come with [`Source::read_secrets`]).
+    pub fn api(client: Client) -> (Source, mpsc::Receiver<DirChange>) {
+        let (watcher, changes) = ApiWatcher::start(
+            client,
+            &[
+                WatchSpec::all(Kind::Ingress),
+                WatchSpec::all(Kind::IngressClass),
+                WatchSpec::all(Kind::Service),
+                WatchSpec::all(Kind::EndpointSlice),
+            ],
+            std::sync::Arc::new(|o| o),
+            ApiWatchConfig::default(),
+        );
+        (Source::Api(Box::new(watcher)), changes)
+    }
+
+    /// Reads exactly `secrets` (namespaced reads by name: no permission to
+    /// list every Secret of the cluster is needed). Returns how many new
+    /// watches started; until they have listed, batches say `synced:
+    /// false`.
+    pub fn read_secrets(&self, secrets: &BTreeSet<SecretRef>) -> usize {
+        let Source::Api(watcher) = self else { return 0 };
+        let specs: Vec<WatchSpec> = secrets
+            .iter()
+            .map(|s| WatchSpec::named(Kind::Secret, Some(&s.namespace), &s.name))
+            .collect();
+        watcher.set_dynamic(Kind::Secret, &specs)
+    }
+}
+
+/// What the status writer works from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Snapshot {
+    ingresses: Vec<IngressStatus>,
+    publish: Vec<LbAddress>,
+}
+
+/// Writes `status.loadBalancer.ingress` while this replica leads.
+pub struct StatusWriter {
+    snapshot: watch::Sender<Snapshot>,
+    task: JoinHandle<()>,
+}
+
+impl StatusWriter {
+    /// Starts writing with `client` whenever `leading` is true.
+    pub fn start(client: Client, leading: watch::Receiver<bool>) -> StatusWriter {
+        let (snapshot, snapshots) = watch::channel(Snapshot::default());
+        let task = tokio::spawn(run(client, snapshots, leading));
+        StatusWriter { snapshot, task }
+    }
+
+    /// The Ingresses and addresses after a rebuild.
+    pub fn update(&self, ingresses: Vec<IngressStatus>, publish: Vec<LbAddress>) {
+        self.snapshot.send_if_modified(|s| {
+            let next = Snapshot { ingresses, publish };
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+    }
+}
+
+impl Drop for StatusWriter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How often writes are re-checked even without a change (a write that
+/// failed, or a status someone else overwrote).
+const RECHECK: Duration = Duration::from_secs(10);
+
+async fn run(
+    client: Client,
+    mut snapshots: watch::Receiver<Snapshot>,
+    mut leading: watch::Receiver<bool>,
+) {
+    // What we wrote and have not seen come back yet: not written again
+    // until the next recheck.
+    let mut written: HashMap<IngressRef, Vec<LbAddress>> = HashMap::new();
+    let mut recheck = tokio::time::interval(RECHECK);
+    loop {
+        if *leading.borrow_and_update() {
+            let snapshot = snapshots.borrow_and_update().clone();
+            for update in plan(&snapshot.ingresses, &snapshot.publish) {
+                if written.get(&update.ingress) == Some(&update.addresses) {
+                    continue;
+                }
+                let api: Api<Ingress> = Api::namespaced(client.clone(), &update.ingress.namespace);
+                let addresses: Vec<serde_json::Value> =
+                    update.addresses.iter().map(LbAddress::to_json).collect();
+                let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": addresses}}});
+                match api
+                    .patch_status(
+                        &update.ingress.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        info!(ingress = %update.ingress, addresses = ?update.addresses, "Ingress status written");
+                        written.insert(update.ingress, update.addresses);
+                    }
+                    Err(e) => {
+                        warn!(ingress = %update.ingress, error = %gangplank::source::kube::describe(&e), "cannot write Ingress status; retrying")
+                    }
+                }
+            }
+        } else {
+            written.clear();
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            changed = leading.changed() => if changed.is_err() { return },
+            _ = recheck.tick() => {
+                debug!("rechecking Ingress status");
+                written.clear();
+            }
+        }
+    }
+}
