@@ -341,6 +341,9 @@ async fn serve(
             tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
+                    // As Go's net/http (the real API server) does: watch
+                    // events are small writes that must not wait for an ACK.
+                    let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
                     conns.spawn(async move {
                         let service = service_fn(move |req| handle(shared.clone(), req));
@@ -629,12 +632,6 @@ fn write(shared: &Shared, target: &Target, verb: &str, body: &[u8]) -> Response<
 }
 
 fn list(shared: &Shared, target: &Target, query: &str, selector: Option<&str>) -> Response<Body> {
-    let store = shared.store();
-    let mut items = store.list(
-        target.resource.plural,
-        target.namespace.as_deref(),
-        selector,
-    );
     let offset: usize = query_param(query, "continue")
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
@@ -642,10 +639,17 @@ fn list(shared: &Shared, target: &Target, query: &str, selector: Option<&str>) -
         .and_then(|l| l.parse().ok())
         .filter(|&l| l > 0)
         .unwrap_or(usize::MAX);
-    let total = items.len();
-    let end = offset.saturating_add(limit).min(total);
-    let page: Vec<Value> = items.drain(offset.min(total)..end).collect();
+    let store = shared.store();
+    let (page, total) = store.list(
+        target.resource.plural,
+        target.namespace.as_deref(),
+        selector,
+        offset,
+        limit,
+    );
+    let end = offset.saturating_add(page.len());
     let mut metadata = json!({"resourceVersion": store.resource_version().to_string()});
+    drop(store);
     if end < total {
         metadata["continue"] = json!(end.to_string());
         metadata["remainingItemCount"] = json!(total - end);

@@ -296,10 +296,16 @@ pub async fn run(config: Config) -> Result<()> {
                 report_health(health.update(health_checks.clone()));
                 metrics.heartbeat();
             }
-            _ = fill.tick() => match status::map_fill(&config.bpffs) {
-                Ok(fill) => metrics.set_map_fill(&fill),
-                Err(e) => warn!(error = %e, "cannot read map fill levels"),
-            },
+            _ = fill.tick() => {
+                // Counting entries walks every map (a quarter of a second
+                // at 10,000 services): off the loop, so that no Service
+                // change waits for it.
+                let (bpffs, metrics) = (config.bpffs.clone(), metrics.clone());
+                tokio::task::spawn_blocking(move || match status::map_fill(&bpffs) {
+                    Ok(fill) => metrics.set_map_fill(&fill),
+                    Err(e) => warn!(error = %e, "cannot read map fill levels"),
+                });
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }

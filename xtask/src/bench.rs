@@ -30,6 +30,9 @@ pub fn run(opts: Options) -> Result<()> {
     if part == Some(Part::Ingress) {
         return crate::bench_ingress::run(&opts.ingress);
     }
+    if part == Some(Part::Api) {
+        return crate::bench_api::run(&opts);
+    }
     if part != Some(Part::Packets) {
         control_plane(opts.clone())?;
     }
@@ -53,7 +56,7 @@ fn endpoint_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i as u32)
 }
 
-fn docs(i: usize, endpoints: usize, generation: usize) -> [String; 2] {
+pub(crate) fn docs(i: usize, endpoints: usize, generation: usize) -> [String; 2] {
     let name = format!("svc-{i:05}");
     // A target port per service keeps every backend distinct even where
     // endpoint addresses repeat (198.19.0.0/16 has 65,536 of them).
@@ -80,13 +83,13 @@ fn write_service(dir: &Path, i: usize, endpoints: usize, generation: usize) -> R
 }
 
 /// `key=value` from a tracing line.
-fn field(line: &str, key: &str) -> Option<u64> {
+pub(crate) fn field(line: &str, key: &str) -> Option<u64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
         .and_then(|v| v.trim_matches('"').parse().ok())
 }
 
-fn rss_kib(pid: u32, key: &str) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32, key: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

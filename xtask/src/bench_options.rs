@@ -13,6 +13,9 @@ pub enum Part {
     /// gangplank-ingress against nginx and haproxy (never part of the
     /// default run: it installs nginx and haproxy).
     Ingress,
+    /// The agent in cluster mode against the fake Kubernetes API server:
+    /// start-up from one list, watch event → map latency, memory.
+    Api,
 }
 
 /// A proxy of the Ingress benchmark.
@@ -116,6 +119,10 @@ pub struct Options {
     /// Single-endpoint changes to time.
     #[arg(long, default_value_t = 20)]
     pub changes: usize,
+    /// API: EndpointSlice changes to time through the watch (p99 needs
+    /// a few hundred).
+    #[arg(long, default_value_t = 300)]
+    pub api_changes: usize,
     /// Packets: batches per case (p10/p50/p90 are over batches).
     #[arg(long, default_value_t = 20)]
     pub packet_batches: usize,
@@ -141,6 +148,7 @@ impl Options {
             format!("--services={}", self.services),
             format!("--endpoints={}", self.endpoints),
             format!("--changes={}", self.changes),
+            format!("--api-changes={}", self.api_changes),
             format!("--packet-batches={}", self.packet_batches),
             format!("--packet-runs={}", self.packet_runs),
             format!("--packet-repeat={}", self.packet_repeat),
@@ -149,6 +157,7 @@ impl Options {
             Some(Part::Control) => args.push("--only=control".into()),
             Some(Part::Packets) => args.push("--only=packets".into()),
             Some(Part::Ingress) => args.push("--only=ingress".into()),
+            Some(Part::Api) => args.push("--only=api".into()),
             None => {}
         }
         args.extend(self.ingress.to_args());

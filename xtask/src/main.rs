@@ -4,6 +4,8 @@
 #[cfg(feature = "harness")]
 mod bench;
 #[cfg(feature = "harness")]
+mod bench_api;
+#[cfg(feature = "harness")]
 mod bench_ingress;
 mod bench_options;
 #[cfg(feature = "harness")]

@@ -143,22 +143,32 @@ impl Store {
     }
 
     /// Objects of `plural` in `namespace` (all namespaces for `None`) that
-    /// match `field_selector`, in key order.
+    /// match `field_selector`, in key order: the page of `limit` from
+    /// `offset`, and how many there are in all.
     pub fn list(
         &self,
         plural: &str,
         namespace: Option<&str>,
         field_selector: Option<&str>,
-    ) -> Vec<Value> {
-        self.objects
-            .iter()
-            .filter(|(key, object)| {
-                key.0 == plural
-                    && namespace.is_none_or(|ns| key.1 == ns)
-                    && matches_fields(object, field_selector)
-            })
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<Value>, usize) {
+        let from = (plural.to_owned(), String::new(), String::new());
+        let matching = || {
+            self.objects
+                .range(from.clone()..)
+                .take_while(|(key, _)| key.0 == plural)
+                .filter(|(key, object)| {
+                    namespace.is_none_or(|ns| key.1 == ns) && matches_fields(object, field_selector)
+                })
+        };
+        let total = matching().count();
+        let page = matching()
+            .skip(offset)
+            .take(limit)
             .map(|(_, object)| object.clone())
-            .collect()
+            .collect();
+        (page, total)
     }
 
     /// Changes after `rv` to objects of `plural`, oldest first.

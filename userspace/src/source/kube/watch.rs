@@ -386,3 +386,39 @@ async fn gather<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_is_coalesced_and_a_lone_event_goes_at_once() {
+        let spec = WatchSpec::all(Kind::Service);
+        let mut batcher = Batcher::default();
+        batcher.add_watch(spec.clone());
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (out, mut batches) = mpsc::channel(4);
+        // A burst queued before the gathering task runs: a relist.
+        events.send((spec.clone(), WatchEvent::Init)).expect("send");
+        for i in 0..1000 {
+            let path = object_path(Kind::Service, Some("default"), &format!("s{i}"));
+            events
+                .send((spec.clone(), WatchEvent::Apply(path, i)))
+                .expect("send");
+        }
+        events
+            .send((spec.clone(), WatchEvent::InitDone))
+            .expect("send");
+        tokio::spawn(gather(batcher, events_rx, out, 1024));
+        let first = batches.recv().await.expect("a batch");
+        assert_eq!(first.changed.len(), 1000, "one batch for the burst");
+        assert!(first.synced);
+        // Then one event alone: sent as it is, not held for company.
+        let path = object_path(Kind::Service, Some("default"), "lone");
+        events
+            .send((spec, WatchEvent::Apply(path, 0)))
+            .expect("send");
+        let lone = batches.recv().await.expect("a batch");
+        assert_eq!(lone.changed.len(), 1);
+    }
+}
