@@ -155,6 +155,19 @@ async fn lists_then_follows_adds_changes_and_deletes() {
         v.names(Kind::Service) == ["web/back"] && v.names(Kind::EndpointSlice) == ["web/back-xyz"]
     })
     .await;
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true")),
+        "watches ask for bookmarks: {requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("fieldSelector=metadata.name=node-a")),
+        "only this Node is read: {requests:#?}"
+    );
     until(&mut rx, &mut view, "the node's change", |v| {
         v.objects[&PathBuf::from("api/Node/node-a")]
             .metadata()
@@ -317,4 +330,40 @@ async fn connect_errors_are_clear() {
     };
     let text = err.to_string();
     assert!(text.contains("--kubeconfig"), "{text}");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closed = {
+        let api = FakeApi::start().expect("fake API");
+        api.kubeconfig(dir.path(), "agent").expect("kubeconfig")
+        // Dropped: nothing listens there any more.
+    };
+    let Ok(client) = connect(&KubeOptions {
+        kubeconfig: Some(closed),
+    })
+    .await
+    else {
+        panic!("no client, though nothing is contacted yet");
+    };
+    let (watcher, _rx) = ApiWatcher::start(
+        client,
+        &[WatchSpec::all(Kind::Service)],
+        Arc::new(|o| o),
+        ApiWatchConfig::default(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let message = loop {
+        if let Some(e) = watcher.health().status().last_error {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no error reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(message.contains("cannot reach the API server"), "{message}");
+    assert!(
+        message.contains("services"),
+        "names what it was doing: {message}"
+    );
 }

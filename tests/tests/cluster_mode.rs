@@ -150,6 +150,18 @@ fn the_agent_follows_services_and_endpoints_from_the_api() {
         metrics.lines().any(|l| l == "gangplank_api_connected 1"),
         "{metrics}"
     );
+    // web (on pod-a2) is left; db's slice without its Service programs
+    // nothing.
+    for series in [
+        "gangplank_services 1",
+        "gangplank_backends 1",
+        "gangplank_frontends 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} missing:\n{metrics}"
+        );
+    }
     assert!(
         e.agent.log().contains("found this node's Node object"),
         "{}",

@@ -257,7 +257,7 @@ pub async fn run(config: Config) -> Result<()> {
         "initial sync complete"
     );
     metrics.observe_sync(started.elapsed());
-    metrics.set_frontends(writer.len());
+    report_sizes(&metrics, &store, &writer);
     // tc already does everything; the XDP fast path (a driver
     // reconfiguration, tens of milliseconds on some drivers) comes after.
     attach_xdp(&mut datapath, &devices, config.xdp)?;
@@ -275,7 +275,7 @@ pub async fn run(config: Config) -> Result<()> {
                     let started = Instant::now();
                     apply_change(&mut store, &mut writer, change);
                     metrics.observe_sync(started.elapsed());
-                    metrics.set_frontends(writer.len());
+                    report_sizes(&metrics, &store, &writer);
                     let checks = store.health_checks();
                     if checks != health_checks {
                         health_checks = checks;
@@ -313,6 +313,12 @@ pub async fn run(config: Config) -> Result<()> {
     health.stop();
     info!("stopping; programs stay attached and maps pinned, so traffic keeps flowing");
     Ok(())
+}
+
+fn report_sizes<M: LbMaps>(metrics: &AgentMetrics, store: &ServiceStore, writer: &Writer<M>) {
+    metrics.set_services(store.service_count());
+    metrics.set_frontends(writer.len());
+    metrics.set_backends(writer.backend_count());
 }
 
 fn device_list(devices: &[NetDevice]) -> Vec<(String, u32)> {

@@ -58,6 +58,7 @@ struct MapLabels {
 /// What the agent reports, and its liveness and readiness.
 pub struct AgentMetrics {
     registry: Registry,
+    services: Gauge,
     frontends: Gauge,
     backends: Gauge,
     sync_duration: Histogram,
@@ -110,6 +111,12 @@ impl AgentMetrics {
     /// without a heartbeat.
     pub fn with_liveness_timeout(timeout: Duration) -> Self {
         let mut registry = Registry::with_prefix("gangplank");
+        let services = Gauge::default();
+        registry.register(
+            "services",
+            "Services the agent knows of (from the API server or the manifests)",
+            services.clone(),
+        );
         let frontends = Gauge::default();
         registry.register(
             "frontends",
@@ -173,6 +180,7 @@ impl AgentMetrics {
             api_restarts.clone(),
         );
         Self {
+            services,
             api: OnceLock::new(),
             api_connected,
             api_restarts,
@@ -192,6 +200,11 @@ impl AgentMetrics {
             last_beat_ms: AtomicU64::new(0),
             liveness_timeout: timeout,
         }
+    }
+
+    /// Services known now.
+    pub fn set_services(&self, n: usize) {
+        self.services.set(gauge_value(n as u64));
     }
 
     /// Frontends programmed now.

@@ -81,14 +81,19 @@ fn least_requests_avoids_the_busy_endpoint() {
 fn least_requests_spreads_over_many_endpoints() {
     let eps = Arc::new(Endpoints::new((1..=4).map(addr).collect()));
     let mut held = Vec::new();
-    for _ in 0..400 {
+    for _ in 0..4000 {
         let i = eps.pick(LoadBalance::LeastRequests).expect("non-empty");
         held.push(eps.start_request(i));
     }
     let loads: Vec<u32> = (0..4).map(|i| eps.in_flight(i)).collect();
     let (min, max) = (loads.iter().min(), loads.iter().max());
+    // Two choices keep the spread at a few requests however many there
+    // are (it grows as log log n, not with the count); uniform random
+    // picks would spread by ~50 here (a standard deviation of 27 per
+    // endpoint). 8 is far from both: the test neither flakes nor passes a
+    // broken balancer.
     assert!(
-        max.zip(min).is_some_and(|(max, min)| max - min <= 3),
+        max.zip(min).is_some_and(|(max, min)| max - min <= 8),
         "power of two choices keeps loads within a few requests: {loads:?}"
     );
 }

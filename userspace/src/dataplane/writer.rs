@@ -666,6 +666,12 @@ impl<M: LbMaps> Writer<M> {
         self.frontends.is_empty()
     }
 
+    /// Number of distinct backends programmed (shared by frontends that
+    /// point at the same endpoint).
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
     /// Frontends whose last update failed and that are not in the maps;
     /// re-apply them later (the agent retries periodically).
     pub fn failed(&self) -> impl Iterator<Item = &FrontendKey> {

@@ -352,6 +352,16 @@ impl ServiceStore {
         self.materialize(self.claims.get(key)?.winner, key)
     }
 
+    /// Number of Services defined (valid or not; not the ones only
+    /// EndpointSlices name). A walk over the ids: tens of microseconds at
+    /// 10,000 Services.
+    pub fn service_count(&self) -> usize {
+        self.service_ids
+            .values()
+            .filter(|&&sid| self.services.get(sid).is_some_and(|s| !s.defs.is_empty()))
+            .count()
+    }
+
     /// Number of desired frontends.
     pub fn len(&self) -> usize {
         self.claims.len()
