@@ -134,19 +134,22 @@ async fn lists_then_follows_adds_changes_and_deletes() {
     api.apply(service("web", "back", 8080));
     api.apply(service("web", "front", 81));
     api.apply(slice("web", "back-xyz", "back", "10.244.2.7"));
+    // The Service and EndpointSlice watches deliver independently: wait
+    // for everything, including the change to `front`.
+    let front_port = |v: &View| match v.objects.get(&PathBuf::from("api/Service/web/front")) {
+        Some(Object::Service(front)) => front
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .map(|p| p[0].port),
+        _ => None,
+    };
     until(&mut rx, &mut view, "adds and a change", |v| {
-        v.names(Kind::Service).len() == 2 && v.names(Kind::EndpointSlice).len() == 2
+        v.names(Kind::Service).len() == 2
+            && v.names(Kind::EndpointSlice).len() == 2
+            && front_port(v) == Some(81)
     })
     .await;
-    let Object::Service(front) = &view.objects[&PathBuf::from("api/Service/web/front")] else {
-        panic!("a Service")
-    };
-    let port = front
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.as_ref())
-        .map(|p| p[0].port);
-    assert_eq!(port, Some(81), "the change arrived");
 
     api.delete("Service", Some("web"), "front");
     api.delete("EndpointSlice", Some("web"), "front-abc");

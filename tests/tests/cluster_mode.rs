@@ -145,22 +145,27 @@ fn the_agent_follows_services_and_endpoints_from_the_api() {
     let (status, body) = http_get(&e.c, "/healthz");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Kubernetes API: following"), "{body}");
-    let (_, metrics) = http_get(&e.c, "/metrics");
-    assert!(
-        metrics.lines().any(|l| l == "gangplank_api_connected 1"),
-        "{metrics}"
-    );
     // web (on pod-a2) is left; db's slice without its Service programs
-    // nothing.
-    for series in [
+    // nothing. (The sizes are set just after the maps are written: poll.)
+    let wanted = [
+        "gangplank_api_connected 1",
         "gangplank_services 1",
         "gangplank_backends 1",
         "gangplank_frontends 1",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == series),
-            "{series} missing:\n{metrics}"
-        );
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = http_get(&e.c, "/metrics");
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|series| !metrics.lines().any(|l| l == *series))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{missing:?} missing:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
         e.agent.log().contains("found this node's Node object"),
