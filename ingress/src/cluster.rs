@@ -95,6 +95,9 @@ impl Drop for StatusWriter {
     }
 }
 
+/// How long one status write may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often writes are re-checked even without a change (a write that
 /// failed, or a status someone else overwrote).
 const RECHECK: Duration = Duration::from_secs(10);
@@ -112,6 +115,10 @@ async fn run(
         if *leading.borrow_and_update() {
             let snapshot = snapshots.borrow_and_update().clone();
             for update in plan(&snapshot.ingresses, &snapshot.publish) {
+                // Leadership can end mid-pass: look before every write.
+                if !*leading.borrow() {
+                    break;
+                }
                 if written.get(&update.ingress) == Some(&update.addresses) {
                     continue;
                 }
@@ -119,20 +126,19 @@ async fn run(
                 let addresses: Vec<serde_json::Value> =
                     update.addresses.iter().map(LbAddress::to_json).collect();
                 let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": addresses}}});
-                match api
-                    .patch_status(
-                        &update.ingress.name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                {
+                let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+                let write = api.patch_status(&update.ingress.name, &params, &patch);
+                let written_now = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                    Ok(result) => result.map_err(|e| gangplank::source::kube::describe(&e)),
+                    Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+                };
+                match written_now {
                     Ok(_) => {
                         info!(ingress = %update.ingress, addresses = ?update.addresses, "Ingress status written");
                         written.insert(update.ingress, update.addresses);
                     }
                     Err(e) => {
-                        warn!(ingress = %update.ingress, error = %gangplank::source::kube::describe(&e), "cannot write Ingress status; retrying")
+                        warn!(ingress = %update.ingress, error = %e, "cannot write Ingress status; retrying")
                     }
                 }
             }

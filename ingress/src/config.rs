@@ -129,6 +129,15 @@ impl ObjectStore {
         );
     }
 
+    /// Whether the Secret `secret` is in the store.
+    pub fn has_secret(&self, secret: &SecretRef) -> bool {
+        self.files.values().flat_map(|f| &f.objects).any(|o| {
+            matches!(o, Object::Secret(_))
+                && o.namespace() == Some(secret.namespace.as_str())
+                && o.name() == secret.name
+        })
+    }
+
     /// Every object once: when two files define the same object, the one
     /// applied last.
     fn objects(&self) -> impl Iterator<Item = &Object> {

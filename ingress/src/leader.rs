@@ -10,8 +10,10 @@
 //!   compared.
 //! - Every write carries the resourceVersion read, so of two replicas
 //!   racing for it one gets 409 Conflict and stays a follower.
-//! - A holder that cannot renew for a whole lease duration stops leading
-//!   (another replica may have taken over by then).
+//! - A holder that cannot renew within `renew_deadline` (10 s, shorter
+//!   than the 15 s lease) stops leading before anyone else may take over;
+//!   every request has a timeout, so a silent network cannot keep a
+//!   replica believing it leads.
 //! - [`Elector::stop`] hands over: the holder clears `holderIdentity`, and
 //!   the next replica to look takes it at once.
 
@@ -39,6 +41,10 @@ pub struct LeaseConfig {
     pub lease_duration: Duration,
     /// How often the holder renews and the others look (2 s).
     pub renew_every: Duration,
+    /// How long the holder keeps leading without a successful renewal
+    /// (10 s): less than `lease_duration`, so it has stopped before
+    /// another replica can take the lease.
+    pub renew_deadline: Duration,
 }
 
 impl LeaseConfig {
@@ -50,6 +56,7 @@ impl LeaseConfig {
             identity: identity.to_owned(),
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(2),
+            renew_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -100,8 +107,17 @@ async fn run(
 ) {
     let mut observed: Option<(String, Instant)> = None;
     let mut last_renewed: Option<Instant> = None;
+    // One round may not take longer than this (the API client itself has
+    // no read timeout).
+    let round_timeout = (config.renew_deadline / 2).max(Duration::from_secs(1));
     loop {
-        match try_acquire_or_renew(&api, &config, &mut observed).await {
+        let round = tokio::time::timeout(
+            round_timeout,
+            try_acquire_or_renew(&api, &config, &mut observed),
+        )
+        .await
+        .unwrap_or(Err(RoundError::TimedOut(round_timeout)));
+        match round {
             Ok(true) => {
                 last_renewed = Some(Instant::now());
                 if !leading.send_replace(true) {
@@ -115,7 +131,7 @@ async fn run(
             }
             Err(e) => {
                 warn!(lease = %config.name, error = %e, "cannot read or renew the leader Lease");
-                let lapsed = last_renewed.is_none_or(|t| t.elapsed() >= config.lease_duration);
+                let lapsed = last_renewed.is_none_or(|t| t.elapsed() >= config.renew_deadline);
                 if lapsed && leading.send_replace(false) {
                     warn!(lease = %config.name, "lease not renewed in time: no longer leading");
                 }
@@ -127,13 +143,17 @@ async fn run(
         }
     }
     if *leading.borrow() {
-        match release(&api, &config).await {
-            Ok(()) => info!(lease = %config.name, "lease released for the next replica"),
-            Err(e) => {
+        // Stop leading first: nothing is written while the release runs.
+        leading.send_replace(false);
+        match tokio::time::timeout(Duration::from_secs(2), release(&api, &config)).await {
+            Ok(Ok(())) => info!(lease = %config.name, "lease released for the next replica"),
+            Ok(Err(e)) => {
                 warn!(lease = %config.name, error = %e, "cannot release the lease; it expires on its own")
             }
+            Err(_) => {
+                warn!(lease = %config.name, "releasing the lease timed out; it expires on its own")
+            }
         }
-        leading.send_replace(false);
     }
 }
 
@@ -145,12 +165,21 @@ fn seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX).max(1)
 }
 
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
 /// One round: `Ok(true)` when this replica holds the Lease afterwards.
 async fn try_acquire_or_renew(
     api: &Api<Lease>,
     config: &LeaseConfig,
     observed: &mut Option<(String, Instant)>,
-) -> Result<bool, kube::Error> {
+) -> Result<bool, RoundError> {
     let Some(mut lease) = api.get_opt(&config.name).await? else {
         let lease = Lease {
             metadata: ObjectMeta {
@@ -170,7 +199,7 @@ async fn try_acquire_or_renew(
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
     };
     let version = lease.metadata.resource_version.clone().unwrap_or_default();
@@ -204,7 +233,7 @@ async fn try_acquire_or_renew(
         Ok(_) => Ok(true),
         // Someone else wrote first: theirs.
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 

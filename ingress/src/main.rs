@@ -262,7 +262,7 @@ async fn run(args: Args) -> Result<()> {
     // In cluster mode, the Secrets those objects name are read now; serve
     // once they are in too.
     if source.read_secrets(&applied.secrets) > 0 {
-        wait_for_sync(&mut changes, &mut reloader).await?;
+        wait_for_secrets(&mut changes, &mut reloader, &applied.secrets).await?;
         applied = reloader.rebuild();
     }
     let elector = match (&client, publishing) {
@@ -373,6 +373,35 @@ async fn wait_for_sync(
             return Ok(());
         }
     }
+}
+
+/// How long start-up waits for the Secrets Ingresses name: they come in
+/// milliseconds when they exist; one that does not is reported and its
+/// hosts get the default certificate.
+const SECRETS_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Stages batches until every Secret of `secrets` is in (or
+/// [`SECRETS_DEADLINE`] passed). Waiting for a `synced` batch instead could
+/// take one that was queued before the Secret watches started.
+async fn wait_for_secrets(
+    changes: &mut tokio::sync::mpsc::Receiver<gangplank::source::DirChange>,
+    reloader: &mut reload::Reloader,
+    secrets: &std::collections::BTreeSet<SecretRef>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + SECRETS_DEADLINE;
+    while !reloader.has_secrets(secrets) {
+        match tokio::time::timeout_at(deadline, changes.recv()).await {
+            Ok(Some(change)) => reloader.stage(change),
+            Ok(None) => anyhow::bail!("the source stopped during the initial sync"),
+            Err(_) => {
+                tracing::warn!(
+                    "not every Secret the Ingresses name arrived within {SECRETS_DEADLINE:?}; serving without them"
+                );
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The default election identity: the hostname (a pod's name).

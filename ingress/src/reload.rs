@@ -54,6 +54,11 @@ impl Reloader {
         self.resolver = Some(resolver);
     }
 
+    /// Whether every one of `secrets` is in the store.
+    pub fn has_secrets(&self, secrets: &BTreeSet<SecretRef>) -> bool {
+        secrets.iter().all(|s| self.store.has_secret(s))
+    }
+
     /// Takes a watcher batch into the object store (not yet served).
     pub fn stage(&mut self, change: DirChange) {
         self.staged += change.changed.len() + change.removed.len();

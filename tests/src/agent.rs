@@ -129,7 +129,7 @@ impl Agent {
         Ok(agent)
     }
 
-    fn spawn(&mut self, cluster: &Cluster) -> Result<()> {
+    fn spawn_unready(&mut self, cluster: &Cluster) -> Result<()> {
         let mut cmd = gangplank_cmd()?;
         cmd.arg("agent");
         match &self.opts.kubeconfig {
@@ -144,12 +144,24 @@ impl Agent {
             .arg(&self.bpffs)
             .args(self.opts.args())
             .env("RUST_LOG", self.opts.log.as_deref().unwrap_or("info"));
-        let mut proc = cluster.spawn_agent_process(&self.node, cmd)?;
-        // "agent ready" comes after the XDP fast path is attached too.
-        proc.wait_for_stderr_line(|l| l.contains("agent ready"), START_TIMEOUT)
-            .with_context(|| format!("agent on {} did not sync", self.node))?;
+        let proc = cluster.spawn_agent_process(&self.node, cmd)?;
         self.proc = Some(proc);
         Ok(())
+    }
+
+    fn spawn(&mut self, cluster: &Cluster) -> Result<()> {
+        self.spawn_unready(cluster)?;
+        // "agent ready" comes after the XDP fast path is attached too.
+        self.wait_for_log(|l| l.contains("agent ready"), START_TIMEOUT)
+            .with_context(|| format!("agent on {} did not sync", self.node))?;
+        Ok(())
+    }
+
+    /// Stop, and start again without waiting for the initial sync (for a
+    /// source that is not complete yet).
+    pub fn restart_unready(&mut self, cluster: &Cluster) -> Result<()> {
+        self.stop()?;
+        self.spawn_unready(cluster)
     }
 
     /// One agent per node of the cluster, all with the same flags, started

@@ -244,8 +244,18 @@ async fn an_outage_keeps_the_last_state_and_converges() {
     }
     assert_eq!(view.names(Kind::Service), ["default/a"]);
 
-    api.apply(service("default", "b", 80));
+    // Back, with nothing changed: the watch resumes without an event, and
+    // the health must still say so.
     api.refuse_connections(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !watcher.health().status().connected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still reported unreachable after the API server came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    api.apply(service("default", "b", 80));
     until(&mut rx, &mut view, "convergence", |v| {
         v.names(Kind::Service).len() == 2
     })

@@ -247,3 +247,28 @@ fn a_restart_removes_what_was_deleted_while_the_agent_was_down() {
     assert!(!tcp(&e.c, DB).ok, "db still answers");
     assert!(answered_by(&tcp(&e.c, WEB), "pod-a1"));
 }
+
+#[test]
+fn a_restart_with_an_incomplete_list_leaves_the_pinned_datapath_alone() {
+    let mut e = env("api-partial");
+    assert!(answered_by(&tcp(&e.c, WEB), "pod-a1"));
+    // Services list, EndpointSlices do not: writing the Services alone
+    // would replace the pinned entries with ones without backends.
+    e.api.deny("list", "endpointslices");
+    e.agent.restart_unready(&e.c).expect("restart");
+    e.agent
+        .wait_for_log(|l| l.contains("forbidden"), Duration::from_secs(10))
+        .expect("the refusal is reported");
+    for _ in 0..5 {
+        assert!(
+            answered_by(&tcp(&e.c, WEB), "pod-a1"),
+            "the pinned state keeps serving while the lists are incomplete"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    e.api.allow("list", "endpointslices");
+    e.agent
+        .wait_for_log(|l| l.contains("agent ready"), Duration::from_secs(20))
+        .expect("ready once every list is in");
+    assert!(answered_by(&tcp(&e.c, WEB), "pod-a1"));
+}

@@ -175,6 +175,15 @@ pub async fn run(config: Config) -> Result<()> {
     // whole directory is known.
     let mut files = 0;
     let mut desired = HashSet::new();
+    // A manifest file holds a Service with its EndpointSlices, so each
+    // batch can go to the maps as soon as it is parsed. The API delivers
+    // Services and EndpointSlices through separate watches: a Service
+    // often comes before its slices, and writing it then would replace the
+    // pinned entry (which a previous agent's programs are serving) with
+    // one without backends. So in cluster mode nothing is written before
+    // every list is in.
+    let overlap_writes = matches!(config.source, SourceConfig::Manifests(_));
+    let mut held = std::collections::HashMap::new();
     let mut stats = Stats::default();
     // The API server may be unreachable for a while: the pinned maps keep
     // serving meanwhile, and the agent must stay alive (a restart would
@@ -206,11 +215,18 @@ pub async fn run(config: Config) -> Result<()> {
                 desired.remove(key);
             }
         }
-        stats.add(writer.prefill(&model.frontends));
+        if overlap_writes {
+            stats.add(writer.prefill(&model.frontends));
+        } else {
+            held.extend(model.frontends);
+        }
         if synced {
             break;
         }
     }
+    // Held back until the lists are complete: written in one go.
+    stats.add(writer.prefill(&held));
+    drop(held);
     let scanned = started.elapsed();
     stats.add(writer.finish_sync(&desired));
     let mut datapath = tc_attach

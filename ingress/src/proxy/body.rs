@@ -175,6 +175,8 @@ impl BodySlot {
             slot: self.clone(),
             body: None,
             sent: 0,
+            // Nothing to send is sent already.
+            finished: Arc::new(AtomicBool::new(self.end)),
         }
     }
 }
@@ -185,6 +187,17 @@ pub struct UpstreamBody {
     slot: BodySlot,
     body: Option<Incoming>,
     sent: u64,
+    /// Set once the whole body has been handed to the connection.
+    finished: Arc<AtomicBool>,
+}
+
+impl UpstreamBody {
+    /// Turns true once the whole body has been sent: only then may the
+    /// connection carry another request (an upstream can answer before
+    /// reading an upload to the end).
+    pub fn finished(&self) -> Arc<AtomicBool> {
+        self.finished.clone()
+    }
 }
 
 impl Body for UpstreamBody {
@@ -205,7 +218,7 @@ impl Body for UpstreamBody {
                 .take();
         }
         match this.body.as_mut() {
-            Some(body) => match Pin::new(body).poll_frame(cx) {
+            Some(body) => match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         this.sent += data.remaining() as u64;
@@ -218,10 +231,16 @@ impl Body for UpstreamBody {
                             return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
                         }
                     }
+                    if body.is_end_stream() {
+                        this.finished.store(true, Ordering::Relaxed);
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(None) => {
+                    this.finished.store(true, Ordering::Relaxed);
+                    Poll::Ready(None)
+                }
                 Poll::Pending => Poll::Pending,
             },
             // Another attempt already took the body: nothing to send. Not

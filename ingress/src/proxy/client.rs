@@ -135,6 +135,10 @@ struct Idle {
     since: Instant,
 }
 
+/// How often an h2c connection is pinged, and how long an answer may take.
+const H2C_PING_EVERY: Duration = Duration::from_secs(30);
+const H2C_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// This thread's shard number, assigned on first use.
 fn shard_index(shards: usize) -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -179,6 +183,7 @@ impl UpstreamClient {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ClientError> {
         let shard = shard_index(self.inner.shards.len());
+        let request_sent = req.body().finished();
         // Pooled connections first; any of them may have been closed by the
         // upstream since, which shows as the request handed back unsent.
         while let Some(mut sender) = self.inner.take_idle(shard, addr) {
@@ -186,7 +191,7 @@ impl UpstreamClient {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(resp, shard, addr, sender)),
+                Ok(resp) => return Ok(self.pooled(resp, shard, addr, sender, request_sent)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => {
                         debug!(upstream = %addr, error = %e.error(), "pooled connection closed; trying another");
@@ -201,7 +206,7 @@ impl UpstreamClient {
         // times per request: a quarter of the CPU under HTTP/2).
         let mut sender = Box::pin(self.connect_http1(addr)).await?;
         let resp = sender.send_request(req).await?;
-        Ok(self.pooled(resp, shard, addr, sender))
+        Ok(self.pooled(resp, shard, addr, sender, request_sent))
     }
 
     async fn connect_http1(
@@ -224,15 +229,38 @@ impl UpstreamClient {
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ClientError> {
         let shard = shard_index(self.inner.shards.len());
-        let shared = self.inner.lock(shard).h2c.get(&addr).cloned();
-        let mut sender = match shared {
-            Some(sender) if !sender.is_closed() => sender,
-            // Boxed for the same reason as in `send_http1`.
-            _ => Box::pin(self.connect_h2c(shard, addr)).await?,
-        };
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
-        Ok(resp.map(PooledBody::unpooled))
+        let mut req = req;
+        // The shared connection may have closed or got GOAWAY since it
+        // was last used: a request handed back unsent goes on a new one.
+        let mut fresh = false;
+        loop {
+            let shared = self.inner.lock(shard).h2c.get(&addr).cloned();
+            let mut sender = match shared {
+                Some(sender) if !sender.is_closed() && !fresh => sender,
+                // Boxed for the same reason as in `send_http1`.
+                _ => {
+                    fresh = true;
+                    Box::pin(self.connect_h2c(shard, addr)).await?
+                }
+            };
+            if sender.ready().await.is_err() && !fresh {
+                self.inner.forget_h2c(shard, addr);
+                fresh = true;
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(PooledBody::unpooled)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => {
+                        debug!(upstream = %addr, error = %e.error(), "h2c connection gone; trying a new one");
+                        self.inner.forget_h2c(shard, addr);
+                        req = unsent;
+                        fresh = true;
+                    }
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
     }
 
     async fn connect_h2c(
@@ -243,6 +271,11 @@ impl UpstreamClient {
         let io = self.connect(addr).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // A connection that died silently (no RST, no FIN) is noticed
+            // by its pings, not by requests timing out for minutes.
+            .keep_alive_interval(H2C_PING_EVERY)
+            .keep_alive_timeout(H2C_PING_TIMEOUT)
+            .keep_alive_while_idle(true)
             .handshake(io)
             .await?;
         tokio::spawn(async move {
@@ -272,6 +305,7 @@ impl UpstreamClient {
         shard: usize,
         addr: SocketAddr,
         sender: http1::SendRequest<UpstreamBody>,
+        request_sent: Arc<AtomicBool>,
     ) -> Response<PooledBody> {
         // A protocol switch takes the connection over: never reuse it.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -282,6 +316,7 @@ impl UpstreamClient {
             shard,
             addr,
             sender,
+            request_sent,
         };
         resp.map(|body| PooledBody::new(body, release))
     }
@@ -343,6 +378,9 @@ impl Inner {
         if sender.is_closed() {
             return;
         }
+        if self.config.max_idle_per_endpoint == 0 {
+            return;
+        }
         let mut shard = self.lock(shard);
         let idle = shard.http1.entry(addr).or_default();
         if idle.len() >= self.config.max_idle_per_endpoint {
@@ -353,6 +391,20 @@ impl Inner {
             sender,
             since: Instant::now(),
         });
+    }
+
+    /// Drops the shared h2c connection to `addr` if it is closed (another
+    /// request may have replaced it with a live one meanwhile; the new
+    /// connection about to be made replaces it anyway).
+    fn forget_h2c(&self, shard: usize, addr: SocketAddr) {
+        let mut shard = self.lock(shard);
+        if shard
+            .h2c
+            .get(&addr)
+            .is_some_and(http2::SendRequest::is_closed)
+        {
+            shard.h2c.remove(&addr);
+        }
     }
 
     /// Closes idle connections that expired or were closed by the
@@ -379,10 +431,18 @@ struct Release {
     shard: usize,
     addr: SocketAddr,
     sender: http1::SendRequest<UpstreamBody>,
+    /// The request body has been sent to the end.
+    request_sent: Arc<AtomicBool>,
 }
 
 impl Release {
     fn release(self) {
+        // An upstream that answered before reading the whole upload (a
+        // 401 or 413 to a POST) still has the connection busy: not for
+        // another request. Dropping the sender lets it close when done.
+        if !self.request_sent.load(Ordering::Relaxed) {
+            return;
+        }
         if let Some(pool) = self.pool.upgrade() {
             pool.put_idle(self.shard, self.addr, self.sender);
         }

@@ -93,20 +93,21 @@ impl NodeCheck {
         );
         let name = node_name.to_owned();
         let task = tokio::spawn(async move {
-            let mut exists = None;
+            // Whether the Node is there, across batches (its object and
+            // the sync can come in separate ones).
+            let (mut present, mut synced, mut reported) = (false, false, None);
             while let Some(change) = changes.recv().await {
-                let found = match (change.changed.is_empty(), change.removed.is_empty()) {
-                    (false, _) => true,
-                    (true, false) => false,
-                    // Nothing listed: only a completed sync says "absent".
-                    (true, true) if change.synced => false,
-                    (true, true) => continue,
-                };
-                if exists == Some(found) {
+                if !change.changed.is_empty() {
+                    present = true;
+                } else if !change.removed.is_empty() {
+                    present = false;
+                }
+                synced |= change.synced;
+                if !synced || reported == Some(present) {
                     continue;
                 }
-                exists = Some(found);
-                if found {
+                reported = Some(present);
+                if present {
                     info!(node = %name, "found this node's Node object");
                 } else {
                     warn!(node = %name, "no Node object named {name:?}: --node-name (or NODE_NAME) must be this node's name in the cluster, or endpoints on this node count as remote");

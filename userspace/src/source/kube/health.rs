@@ -2,6 +2,7 @@
 //! which report successes and failures, and `/healthz` and the metrics,
 //! which show them.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -15,8 +16,9 @@ pub struct ApiHealth {
 
 #[derive(Debug, Default)]
 struct State {
-    /// When the first failure since the last success happened.
-    failing_since: Option<Instant>,
+    /// The watches failing now, and since when (one healthy watch does
+    /// not hide another's failure).
+    failing: HashMap<String, Instant>,
     last_error: Option<String>,
 }
 
@@ -34,28 +36,42 @@ pub struct ApiStatus {
 }
 
 impl ApiHealth {
-    /// A list or watch event arrived.
-    pub fn succeeded(&self) {
+    /// `watch` got an event, or its resource answered a request.
+    pub fn succeeded(&self, watch: &str) {
         let mut state = self.lock();
-        if state.failing_since.take().is_some() {
+        if state.failing.remove(watch).is_some() && state.failing.is_empty() {
             tracing::info!("Kubernetes API reachable again");
         }
     }
 
-    /// A list or watch request failed with `error` (it is retried).
-    pub fn failed(&self, error: String) {
+    /// A list or watch request of `watch` failed with `error` (it is
+    /// retried).
+    pub fn failed(&self, watch: &str, error: String) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
-        state.failing_since.get_or_insert_with(Instant::now);
+        state
+            .failing
+            .entry(watch.to_owned())
+            .or_insert_with(Instant::now);
         state.last_error = Some(error);
+    }
+
+    /// Whether `watch` is failing now.
+    pub fn is_failing(&self, watch: &str) -> bool {
+        self.lock().failing.contains_key(watch)
     }
 
     /// The current status.
     pub fn status(&self) -> ApiStatus {
         let state = self.lock();
         ApiStatus {
-            connected: state.failing_since.is_none(),
-            failing_for: state.failing_since.map_or(Duration::ZERO, |t| t.elapsed()),
+            connected: state.failing.is_empty(),
+            failing_for: state
+                .failing
+                .values()
+                .map(Instant::elapsed)
+                .max()
+                .unwrap_or(Duration::ZERO),
             last_error: state.last_error.clone(),
             restarts: self.restarts.load(Ordering::Relaxed),
         }
@@ -91,8 +107,8 @@ mod tests {
     fn failures_are_counted_and_cleared_by_a_success() {
         let health = ApiHealth::default();
         assert!(health.status().connected);
-        health.failed("connection refused".into());
-        health.failed("connection refused again".into());
+        health.failed("services", "connection refused".into());
+        health.failed("endpointslices", "connection refused again".into());
         let status = health.status();
         assert!(!status.connected);
         assert_eq!(status.restarts, 2);
@@ -101,7 +117,9 @@ mod tests {
             Some("connection refused again")
         );
         assert!(status.to_string().contains("unreachable"), "{status}");
-        health.succeeded();
+        health.succeeded("services");
+        assert!(!health.status().connected, "endpointslices still fail");
+        health.succeeded("endpointslices");
         let status = health.status();
         assert!(status.connected);
         assert_eq!(status.restarts, 2, "restarts are a running count");

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::NamespaceResourceScope;
+use kube::api::ListParams;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
@@ -107,6 +108,9 @@ impl Default for ApiWatchConfig {
         }
     }
 }
+
+/// How often a failing watch checks whether its resource answers again.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 type Events<T> = mpsc::UnboundedSender<(WatchSpec, WatchEvent<T>)>;
 
@@ -254,28 +258,48 @@ impl<T: Send + 'static> Watch<T> {
     {
         let api = api(self.client.clone(), self.spec.namespace.as_deref());
         let mut config = watcher::Config::default().page_size(self.page_size);
+        let mut probe_params = ListParams::default().limit(1);
         if let Some(name) = &self.spec.name {
             config = config.fields(&format!("metadata.name={name}"));
+            probe_params = probe_params.fields(&format!("metadata.name={name}"));
         }
-        let stream = watcher(api, config).default_backoff();
+        let label = self.spec.to_string();
+        let stream = watcher(api.clone(), config).default_backoff();
         futures_util::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
+        // A watch that resumes after an outage says nothing until an object
+        // changes: while it is failing, a one-item list of the same
+        // resource tells whether the API server answers again.
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+                _ = probe.tick(), if self.health.is_failing(&label) => {
+                    if api.list(&probe_params).await.is_ok() {
+                        self.health.succeeded(&label);
+                    }
+                    continue;
+                }
+            };
             let event = match event {
                 Ok(Event::Init) => WatchEvent::Init,
                 Ok(Event::InitApply(object) | Event::Apply(object)) => {
-                    self.health.succeeded();
+                    self.health.succeeded(&label);
                     let path = self.path_of(&object);
                     WatchEvent::Apply(path, (self.map)(strip(wrap(object))))
                 }
                 Ok(Event::Delete(object)) => WatchEvent::Delete(self.path_of(&object)),
                 Ok(Event::InitDone) => {
-                    self.health.succeeded();
+                    self.health.succeeded(&label);
                     WatchEvent::InitDone
                 }
                 Err(e) => {
                     let message = self.explain(&e);
                     warn!(watch = %self.spec, error = %message, "Kubernetes API request failed; retrying with backoff");
-                    self.health.failed(message);
+                    self.health.failed(&label, message);
                     continue;
                 }
             };
