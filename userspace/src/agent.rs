@@ -183,7 +183,6 @@ pub async fn run(config: Config) -> Result<()> {
     // one without backends. So in cluster mode nothing is written before
     // every list is in.
     let overlap_writes = matches!(config.source, SourceConfig::Manifests(_));
-    let mut held = std::collections::HashMap::new();
     let mut stats = Stats::default();
     // The API server may be unreachable for a while: the pinned maps keep
     // serving meanwhile, and the agent must stay alive (a restart would
@@ -217,16 +216,20 @@ pub async fn run(config: Config) -> Result<()> {
         }
         if overlap_writes {
             stats.add(writer.prefill(&model.frontends));
-        } else {
-            held.extend(model.frontends);
         }
         if synced {
             break;
         }
     }
-    // Held back until the lists are complete: written in one go.
-    stats.add(writer.prefill(&held));
-    drop(held);
+    if !overlap_writes {
+        // Held back until the lists are complete; built from the model in
+        // chunks, so that no second copy of every frontend is ever held.
+        let keys: Vec<_> = desired.iter().copied().collect();
+        for chunk in keys.chunks(1024) {
+            let batch: Vec<_> = chunk.iter().map(|k| (*k, store.frontend(k))).collect();
+            stats.add(writer.prefill(batch.iter().map(|(k, f)| (k, f))));
+        }
+    }
     let scanned = started.elapsed();
     stats.add(writer.finish_sync(&desired));
     let mut datapath = tc_attach

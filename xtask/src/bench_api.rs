@@ -83,7 +83,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let install = field(&line, "install_ms").unwrap_or(0);
     let scan = field(&line, "scan_ms").unwrap_or(0);
     println!(
-        "    load+attach+adopt pins {install} ms, list+decode+model with map writes overlapped {} ms, final reconcile+attach {} ms",
+        "    load+attach+adopt pins {install} ms, list+decode+model, then the map writes {} ms, final reconcile+attach {} ms",
         scan.saturating_sub(install),
         field(&line, "elapsed_ms").unwrap_or(0).saturating_sub(scan)
     );
