@@ -280,12 +280,18 @@ pub async fn run(config: Config) -> Result<()> {
     // tc already does everything; the XDP fast path (a driver
     // reconfiguration, tens of milliseconds on some drivers) comes after.
     attach_xdp(&mut datapath, &devices, config.xdp)?;
+    // The first map-fill sample before ready, so that a scrape right after
+    // shows it; later ones run off the loop (see below).
+    sample_map_fill(&config.bpffs, &metrics).await;
     metrics.set_ready();
     info!("agent ready");
 
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fill = tokio::time::interval(MAP_FILL_INTERVAL);
+    let mut fill = tokio::time::interval_at(
+        tokio::time::Instant::now() + MAP_FILL_INTERVAL,
+        MAP_FILL_INTERVAL,
+    );
     fill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -320,10 +326,7 @@ pub async fn run(config: Config) -> Result<()> {
                 // at 10,000 services): off the loop, so that no Service
                 // change waits for it.
                 let (bpffs, metrics) = (config.bpffs.clone(), metrics.clone());
-                tokio::task::spawn_blocking(move || match status::map_fill(&bpffs) {
-                    Ok(fill) => metrics.set_map_fill(&fill),
-                    Err(e) => warn!(error = %e, "cannot read map fill levels"),
-                });
+                tokio::spawn(async move { sample_map_fill(&bpffs, &metrics).await });
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -332,6 +335,18 @@ pub async fn run(config: Config) -> Result<()> {
     health.stop();
     info!("stopping; programs stay attached and maps pinned, so traffic keeps flowing");
     Ok(())
+}
+
+/// Samples the pinned maps' fill levels into the metrics, on a blocking
+/// thread.
+async fn sample_map_fill(bpffs: &std::path::Path, metrics: &Arc<AgentMetrics>) {
+    let (bpffs, metrics) = (bpffs.to_path_buf(), metrics.clone());
+    let sampled = tokio::task::spawn_blocking(move || match status::map_fill(&bpffs) {
+        Ok(fill) => metrics.set_map_fill(&fill),
+        Err(e) => warn!(error = %e, "cannot read map fill levels"),
+    });
+    // Only a panic in the sampler ends up here: nothing to add to it.
+    let _ = sampled.await;
 }
 
 fn report_sizes<M: LbMaps>(metrics: &AgentMetrics, store: &ServiceStore, writer: &Writer<M>) {
