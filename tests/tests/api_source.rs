@@ -96,6 +96,18 @@ async fn start(
     ApiWatcher::start(client, specs, Arc::new(|o| o), ApiWatchConfig::default())
 }
 
+/// The first failure the watcher reports (10 s at most).
+async fn first_error(watcher: &ApiWatcher<Object>) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(e) = watcher.health().status().last_error {
+            return e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no error reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn agent_specs() -> Vec<WatchSpec> {
     vec![
         WatchSpec::all(Kind::Service),
@@ -286,14 +298,7 @@ async fn forbidden_names_the_verb_and_resource() {
     api.deny("list", "endpointslices");
     let dir = tempfile::tempdir().expect("tempdir");
     let (watcher, mut rx) = start(&api, &dir, &agent_specs()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let message = loop {
-        if let Some(e) = watcher.health().status().last_error {
-            break e;
-        }
-        assert!(std::time::Instant::now() < deadline, "no error reported");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let message = first_error(&watcher).await;
     for needle in [
         "forbidden",
         "`list`",
@@ -366,14 +371,7 @@ async fn an_unreachable_server_is_named_as_such() {
         Arc::new(|o| o),
         ApiWatchConfig::default(),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let message = loop {
-        if let Some(e) = watcher.health().status().last_error {
-            break e;
-        }
-        assert!(std::time::Instant::now() < deadline, "no error reported");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let message = first_error(&watcher).await;
     assert!(message.contains("cannot reach the API server"), "{message}");
     assert!(
         message.contains("services"),

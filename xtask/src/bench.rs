@@ -82,6 +82,37 @@ fn write_service(dir: &Path, i: usize, endpoints: usize, generation: usize) -> R
     )
 }
 
+/// Starts `gangplank agent SOURCE_ARGS` on node-a and waits for its
+/// initial sync, which must report `services` frontends: the process, the
+/// sync's log line and the wall-clock time from spawn.
+pub(crate) fn start_synced_agent(
+    c: &Cluster,
+    source_args: &[&str],
+    services: usize,
+) -> Result<(gangplank_tests::Proc, String, Duration)> {
+    let node = c.node("node-a");
+    let mut cmd = gangplank_cmd()?;
+    cmd.arg("agent")
+        .args(source_args)
+        .args(["--node-name", "node-a", "--cgroup"])
+        .arg(&node.cgroup)
+        .arg("--bpffs")
+        .arg(&node.bpffs)
+        .env("RUST_LOG", "info");
+    let spawned = Instant::now();
+    let mut agent = c.spawn_agent_process("node-a", cmd)?;
+    let line = agent.wait_for_stderr_line(
+        |l| l.contains("initial sync complete"),
+        Duration::from_secs(120),
+    )?;
+    let wall = spawned.elapsed();
+    let frontends = field(&line, "frontends").unwrap_or(0);
+    if frontends != services as u64 {
+        bail!("expected {services} frontends, agent reports: {line}");
+    }
+    Ok((agent, line, wall))
+}
+
 /// `key=value` from a tracing line.
 pub(crate) fn field(line: &str, key: &str) -> Option<u64> {
     line.split_whitespace()
@@ -118,30 +149,10 @@ fn control_plane(opts: Options) -> Result<()> {
         gen_started.elapsed().as_secs_f64()
     );
 
-    let node = c.node("node-a");
-    let mut cmd = gangplank_cmd()?;
-    cmd.arg("agent")
-        .arg("--manifests")
-        .arg(&dir)
-        .args(["--node-name", "node-a", "--cgroup"])
-        .arg(&node.cgroup)
-        .arg("--bpffs")
-        .arg(&node.bpffs)
-        .env("RUST_LOG", "info");
-    let spawned = Instant::now();
-    let mut agent = c.spawn_agent_process("node-a", cmd)?;
-    let line = agent.wait_for_stderr_line(
-        |l| l.contains("initial sync complete"),
-        Duration::from_secs(120),
-    )?;
-    let wall = spawned.elapsed();
-    let frontends = field(&line, "frontends").unwrap_or(0);
-    if frontends != opts.services as u64 {
-        bail!(
-            "expected {} frontends, agent reports: {line}",
-            opts.services
-        );
-    }
+    let dir_arg = dir.display().to_string();
+    let (mut agent, line, wall) =
+        start_synced_agent(&c, &["--manifests", &dir_arg], opts.services)?;
+    let frontends = opts.services as u64;
     let rss = rss_kib(agent.pid(), "VmRSS:")?;
     let hwm = rss_kib(agent.pid(), "VmHWM:")?;
     println!("\nstart-up (exec → every frontend in the BPF maps):");

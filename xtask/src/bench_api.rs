@@ -12,11 +12,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use gangplank_tests::agent::gangplank_cmd;
 use gangplank_tests::fake_api::FakeApi;
 use gangplank_tests::Cluster;
 
-use crate::bench::{docs, field, rss_kib};
+use crate::bench::{docs, field, rss_kib, start_synced_agent};
 use crate::bench_options::Options;
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -45,30 +44,9 @@ pub fn run(opts: &Options) -> Result<()> {
         .to_path_buf();
     let kubeconfig = api.kubeconfig(&dir, "node-a")?;
 
-    let node = c.node("node-a");
-    let mut cmd = gangplank_cmd()?;
-    cmd.arg("agent")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["--node-name", "node-a", "--cgroup"])
-        .arg(&node.cgroup)
-        .arg("--bpffs")
-        .arg(&node.bpffs)
-        .env("RUST_LOG", "info");
-    let spawned = Instant::now();
-    let mut agent = c.spawn_agent_process("node-a", cmd)?;
-    let line = agent.wait_for_stderr_line(
-        |l| l.contains("initial sync complete"),
-        Duration::from_secs(120),
-    )?;
-    let wall = spawned.elapsed();
-    let frontends = field(&line, "frontends").unwrap_or(0);
-    if frontends != opts.services as u64 {
-        bail!(
-            "expected {} frontends, agent reports: {line}",
-            opts.services
-        );
-    }
+    let kubeconfig_arg = kubeconfig.display().to_string();
+    let (mut agent, line, wall) =
+        start_synced_agent(&c, &["--kubeconfig", &kubeconfig_arg], opts.services)?;
     let rss = rss_kib(agent.pid(), "VmRSS:")?;
     let hwm = rss_kib(agent.pid(), "VmHWM:")?;
     println!("\nstart-up (exec → list from the API server → every frontend in the BPF maps):");
