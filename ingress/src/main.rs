@@ -269,7 +269,7 @@ async fn run(args: Args) -> Result<()> {
         (Some(client), true) => {
             let identity = match &args.pod_name {
                 Some(name) => name.clone(),
-                None => hostname()?,
+                None => gangplank::preflight::hostname("--pod-name", "POD_NAME")?,
             };
             Some(Elector::start(
                 client.clone(),
@@ -402,17 +402,6 @@ async fn wait_for_secrets(
         }
     }
     Ok(())
-}
-
-/// The default election identity: the hostname (a pod's name).
-fn hostname() -> Result<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .context("reading the hostname for the default --pod-name")?;
-    let name = name.trim();
-    if name.is_empty() {
-        anyhow::bail!("the hostname is empty: pass --pod-name (or set POD_NAME)");
-    }
-    Ok(name.to_owned())
 }
 
 async fn wait_for_signal(sigterm: &mut tokio::signal::unix::Signal) {

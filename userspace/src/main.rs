@@ -130,18 +130,6 @@ enum Output {
     Json,
 }
 
-/// The node name when neither --node-name nor NODE_NAME is given: the
-/// hostname, as the kubelet defaults it.
-fn hostname() -> Result<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .context("reading the hostname for the default --node-name")?;
-    let name = name.trim();
-    if name.is_empty() {
-        anyhow::bail!("the hostname is empty: pass --node-name (or set NODE_NAME)");
-    }
-    Ok(name.to_string())
-}
-
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -167,7 +155,7 @@ fn main() -> Result<()> {
                 },
                 node_name: match args.node_name {
                     Some(n) => n,
-                    None => hostname()?,
+                    None => gangplank::preflight::hostname("--node-name", "NODE_NAME")?,
                 },
                 cgroup,
                 bpffs: args.bpffs,

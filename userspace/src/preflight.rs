@@ -131,6 +131,19 @@ fn unescape_mount_path(field: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
+/// The hostname, the default of a name flag (`--node-name`, as the kubelet
+/// defaults it; the ingress's `--pod-name`). Errors name `flag` and `env`.
+pub fn hostname(flag: &str, env: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .with_context(|| format!("reading the hostname for the default {flag}"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        anyhow::bail!("the hostname is empty: pass {flag} (or set {env})");
+    }
+    Ok(name.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
