@@ -6,6 +6,7 @@ pub mod devices;
 pub mod health;
 pub mod http;
 pub mod inspect;
+pub mod kube_proxy;
 pub mod metrics;
 pub mod model;
 pub mod preflight;

@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: two parts, both by default, either alone with
-//! `--only control|packets`; `cargo xtask bench ingress` compares the
+//! `cargo xtask bench`: three parts, all by default, each alone with
+//! `--only control|packets|services`; `cargo xtask bench ingress` compares the
 //! Ingress proxy with nginx and haproxy (see `bench_ingress`).
 //!
 //! Control plane: speed of the agent at scale, on a simulated node (the
@@ -12,6 +12,9 @@
 //!
 //! Packets: per-packet cost of the tc/XDP datapath with BPF_PROG_TEST_RUN
 //! (see `bench_packets`).
+//!
+//! Services: gangplank against kube-proxy's iptables and nftables modes on
+//! the same Services, 1 to 10,000 of them (see `bench_services`).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -33,20 +36,24 @@ pub fn run(opts: Options) -> Result<()> {
     if part == Some(Part::Api) {
         return crate::bench_api::run(&opts);
     }
-    if part != Some(Part::Packets) {
+    let all = part.is_none();
+    if all || part == Some(Part::Control) {
         control_plane(opts.clone())?;
     }
-    if part != Some(Part::Control) {
+    if all || part == Some(Part::Packets) {
         crate::bench_packets::run(crate::bench_packets::Options {
             batches: opts.packet_batches,
             runs: opts.packet_runs,
             repeat: opts.packet_repeat,
         })?;
     }
+    if all || part == Some(Part::Services) {
+        crate::bench_services::run(&opts.service_bench)?;
+    }
     Ok(())
 }
 
-fn vip(i: usize) -> Ipv4Addr {
+pub(crate) fn vip(i: usize) -> Ipv4Addr {
     // 198.18.128.0/17 holds 32k service addresses.
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 0)) + i as u32)
 }

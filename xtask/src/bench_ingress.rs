@@ -805,7 +805,7 @@ impl Drop for KillOnDrop {
 }
 
 /// Median of `v` (mean of the middle two for an even count).
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     match s.len() {
@@ -815,7 +815,7 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn machine() -> BTreeMap<&'static str, String> {
+pub(crate) fn machine() -> BTreeMap<&'static str, String> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

@@ -16,6 +16,83 @@ pub enum Part {
     /// The agent in cluster mode against the fake Kubernetes API server:
     /// start-up from one list, watch event → map latency, memory.
     Api,
+    /// ClusterIP and NodePort connection rate, latency and stream
+    /// throughput, and programming time, against kube-proxy's iptables and
+    /// nftables modes, for 1 to 10,000 Services.
+    Services,
+}
+
+/// A datapath of the Services benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    /// gangplank's agent (socket LB, tc NodePort datapath).
+    Gangplank,
+    /// The rules kube-proxy's iptables mode writes.
+    Iptables,
+    /// The table kube-proxy's nftables mode writes.
+    Nftables,
+}
+
+/// Which iptables kube-proxy's iptables mode is measured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IptablesBackend {
+    /// iptables-nft (Debian's and most current distributions' default).
+    Nft,
+    /// iptables-legacy (x_tables).
+    Legacy,
+}
+
+/// The Services benchmark's options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServicesOptions {
+    /// Services: numbers of Services to measure at (10 endpoints each).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 100, 1_000, 10_000])]
+    pub sizes: Vec<usize>,
+    /// Services: runs per size, datapath and path (the report gives the median).
+    #[arg(long, default_value_t = 3)]
+    pub conn_repeats: usize,
+    /// Services: measured seconds per run (after a 0.5 s warm-up).
+    #[arg(long, default_value_t = 2.0)]
+    pub conn_duration: f64,
+    /// Services: concurrent client connections.
+    #[arg(long, default_value_t = 8)]
+    pub conn_concurrency: usize,
+    /// Services: datapaths to compare (default: all three).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Dataplane::Gangplank, Dataplane::Iptables, Dataplane::Nftables])]
+    pub dataplanes: Vec<Dataplane>,
+    /// Services: the iptables kube-proxy's iptables mode uses.
+    #[arg(long, value_enum, default_value_t = IptablesBackend::Nft)]
+    pub iptables: IptablesBackend,
+}
+
+impl ServicesOptions {
+    /// The options as command-line arguments.
+    pub fn to_args(&self) -> Vec<String> {
+        let join = |v: Vec<String>| v.join(",");
+        vec![
+            format!(
+                "--sizes={}",
+                join(self.sizes.iter().map(|n| n.to_string()).collect())
+            ),
+            format!("--conn-repeats={}", self.conn_repeats),
+            format!("--conn-duration={}", self.conn_duration),
+            format!("--conn-concurrency={}", self.conn_concurrency),
+            format!(
+                "--dataplanes={}",
+                join(
+                    self.dataplanes
+                        .iter()
+                        .map(|d| format!("{d:?}").to_lowercase())
+                        .collect()
+                )
+            ),
+            format!(
+                "--iptables={}",
+                format!("{:?}", self.iptables).to_lowercase()
+            ),
+        ]
+    }
 }
 
 /// A proxy of the Ingress benchmark.
@@ -104,7 +181,7 @@ impl IngressOptions {
 /// Benchmark size.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Run only this part (default: control and packets).
+    /// Run only this part (default: control, packets and services).
     #[arg(value_enum)]
     pub part: Option<Part>,
     /// The same as PART.
@@ -134,6 +211,8 @@ pub struct Options {
     pub packet_repeat: u32,
     #[command(flatten)]
     pub ingress: IngressOptions,
+    #[command(flatten)]
+    pub service_bench: ServicesOptions,
 }
 
 impl Options {
@@ -158,9 +237,11 @@ impl Options {
             Some(Part::Packets) => args.push("--only=packets".into()),
             Some(Part::Ingress) => args.push("--only=ingress".into()),
             Some(Part::Api) => args.push("--only=api".into()),
+            Some(Part::Services) => args.push("--only=services".into()),
             None => {}
         }
         args.extend(self.ingress.to_args());
+        args.extend(self.service_bench.to_args());
         args
     }
 }

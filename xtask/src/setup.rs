@@ -14,7 +14,14 @@ use crate::{root_dir, run};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Commands the tests and the demo need, and the Debian package of each.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    // kube-proxy's rules, which the Services benchmark compares with, are
+    // checked end to end by the tests (tests/tests/kube_proxy_rules.rs).
+    ("iptables-nft-restore", "iptables"),
+    ("nft", "nftables"),
+];
 
 /// What `cargo xtask bench ingress` compares gangplank-ingress with, and
 /// the certificate tool it uses (only installed for that benchmark).
@@ -23,6 +30,20 @@ const INGRESS_BENCH_PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("openssl", "openssl"),
 ];
+
+/// What the Services benchmark compares gangplank with (kube-proxy's
+/// iptables and nftables modes need these tools), the stream-throughput
+/// client and server, and conntrack flushing between runs (the plots' font
+/// is checked by its path).
+const SERVICES_BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("iptables-nft-restore", "iptables"),
+    ("nft", "nftables"),
+    ("iperf3", "iperf3"),
+    ("conntrack", "conntrack"),
+];
+
+/// The TrueType font the plots are drawn with (fonts-dejavu-core).
+pub const PLOT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// Debian's hook that tells package scripts whether they may start
 /// services (exit 101: no). See /usr/share/doc/init-system-helpers/README.policy-rc.d.gz.
@@ -79,6 +100,24 @@ pub fn install_ingress_bench_packages() -> Result<()> {
         let _ = std::fs::remove_file(POLICY_RC_D);
     }
     result
+}
+
+/// Installs what the Services benchmark runs (see `SERVICES_BENCH_PACKAGES`).
+pub fn install_services_bench_packages() -> Result<()> {
+    install_packages(SERVICES_BENCH_PACKAGES)?;
+    if !Path::new(PLOT_FONT).exists() {
+        check_root()?;
+        run(Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "fonts-dejavu-core",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(())
 }
 
 fn install_packages(packages: &[(&str, &str)]) -> Result<()> {

@@ -1,0 +1,203 @@
+//! gp-conn: new-connection load generator for the Service benchmark
+//! (`cargo xtask bench --only services`).
+//!
+//! `--concurrency` threads each open a TCP connection, send one short
+//! HTTP/1.1 request with `Connection: close`, read the answer to its end
+//! and start again, walking round the `--target` list (each thread from
+//! its own offset), for `--duration` seconds after a `--warmup`. This is
+//! what a Service's translation costs most on: every connection is a new
+//! flow, looked up from the start (socket LB, iptables chains, nftables
+//! maps). The server closes first, so no TIME_WAIT piles up on this side.
+//!
+//! A connection's latency runs from `connect()` to the answer's last byte.
+//! A refused or timed-out connection, a short or non-2xx answer counts as
+//! an error. The result is one JSON object on stdout.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(about = "New TCP connection + short request per iteration, round the targets")]
+struct Args {
+    /// Address to connect to (repeatable, or comma-separated).
+    #[arg(long = "target", value_delimiter = ',', required = true)]
+    targets: Vec<SocketAddr>,
+    /// Concurrent connections (one thread each).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Seconds of load before measuring (not counted).
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Bound on one connection (connect, request and answer), in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    targets: usize,
+    concurrency: usize,
+    duration_s: f64,
+    /// Connections completed (answer read) in the measured window.
+    connections: u64,
+    /// Failed connections in the window.
+    errors: u64,
+    /// `connections / duration_s`.
+    rate: f64,
+    /// Latency of completed connections, in microseconds.
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    /// Errors by kind ("connect: Connection refused", "status 503", ...).
+    error_kinds: BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_ns: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+
+/// One connection: the error kind on failure.
+fn one(target: &SocketAddr, timeout: Duration, buf: &mut Vec<u8>) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(target, timeout)
+        .map_err(|e| format!("connect: {}", kind(&e)))?;
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| format!("socket: {}", kind(&e)))?;
+    s.write_all(REQUEST)
+        .map_err(|e| format!("send: {}", kind(&e)))?;
+    buf.clear();
+    s.read_to_end(buf)
+        .map_err(|e| format!("recv: {}", kind(&e)))?;
+    // "HTTP/1.1 200": the status must be 2xx.
+    match buf.get(9) {
+        Some(b'2') => Ok(()),
+        Some(_) => Err(format!(
+            "status {}",
+            String::from_utf8_lossy(buf.get(9..12).unwrap_or_default())
+        )),
+        None => Err("short answer".into()),
+    }
+}
+
+fn kind(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timeout".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn worker(
+    targets: &[SocketAddr],
+    offset: usize,
+    start: Instant,
+    end: Instant,
+    timeout: Duration,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut buf = Vec::with_capacity(512);
+    let mut i = offset;
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            return tally;
+        }
+        let result = one(&targets[i % targets.len()], timeout, &mut buf);
+        i += 1;
+        // Only connections started in the measured window count.
+        if t0 < start {
+            continue;
+        }
+        match result {
+            Ok(()) => tally.latencies_ns.push(t0.elapsed().as_nanos() as u64),
+            Err(kind) => *tally.errors.entry(kind).or_default() += 1,
+        }
+    }
+}
+
+/// The `q`-quantile of sorted nanoseconds, in microseconds.
+fn quantile_us(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    (sorted[rank - 1] as f64 / 100.0).round() / 10.0
+}
+
+fn run(args: Args) -> Result<Report> {
+    if args.concurrency == 0 || args.duration <= 0.0 || args.warmup < 0.0 {
+        bail!("--concurrency and --duration must be positive, --warmup not negative");
+    }
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let start = Instant::now() + Duration::from_secs_f64(args.warmup);
+    let end = start + Duration::from_secs_f64(args.duration);
+    let stride = args.targets.len().div_ceil(args.concurrency).max(1);
+    let tallies: Vec<Tally> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.concurrency)
+            .map(|t| {
+                let targets = &args.targets;
+                scope.spawn(move || worker(targets, t * stride, start, end, timeout))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut latencies: Vec<u64> = Vec::new();
+    let mut error_kinds = BTreeMap::new();
+    for t in tallies {
+        latencies.extend(t.latencies_ns);
+        for (k, n) in t.errors {
+            *error_kinds.entry(k).or_default() += n;
+        }
+    }
+    latencies.sort_unstable();
+    let connections = latencies.len() as u64;
+    Ok(Report {
+        targets: args.targets.len(),
+        concurrency: args.concurrency,
+        duration_s: args.duration,
+        connections,
+        errors: error_kinds.values().sum(),
+        rate: (connections as f64 / args.duration).round(),
+        p50_us: quantile_us(&latencies, 0.50),
+        p90_us: quantile_us(&latencies, 0.90),
+        p99_us: quantile_us(&latencies, 0.99),
+        max_us: quantile_us(&latencies, 1.0),
+        error_kinds,
+    })
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(report) => match serde_json::to_string(&report) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gp-conn: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("gp-conn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

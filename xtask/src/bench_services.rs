@@ -1,0 +1,789 @@
+//! `cargo xtask bench --only services`: gangplank against kube-proxy's
+//! iptables and nftables modes, on the same Services, in one run.
+//!
+//! A two-node simulated cluster: node-a holds the client pod and five
+//! backend pods, node-b five more; every backend runs `gp-http` on 8080.
+//! For each size N (1, 100, 1,000, 10,000 by default), N Services with the
+//! same 10 endpoints each (the ten backends) are written as manifests, and
+//! then, one mode at a time, on node-a only:
+//!
+//! - **gangplank**: the agent, started on the manifests (socket LB for the
+//!   pod, tc NodePort datapath on eth0), removed with `gangplank uninstall`
+//!   afterwards;
+//! - **iptables**: the rules kube-proxy's iptables mode writes for the same
+//!   manifests (`gangplank::kube_proxy::iptables_restore`), applied with
+//!   `iptables-restore` (nf_tables backend unless `--iptables legacy`);
+//! - **nftables**: kube-proxy's nftables-mode table, applied with `nft -f`.
+//!
+//! Each mode is measured with nothing of the others in place (conntrack is
+//! flushed between modes). Measured, `--repeats` times each:
+//!
+//! - ClusterIP from the client pod: `gp-conn` opens connections to the
+//!   cluster IPs of a sample of up to 32 Services spread through the set
+//!   (a short HTTP exchange each), giving connections/s and p50/p99;
+//! - NodePort from the client namespace: the same to node-a's address, at
+//!   the NodePorts of the same sample;
+//! - one long TCP stream through a NodePort (iperf3, to a backend on
+//!   node-b);
+//! - programming: the whole set applied (agent start to every frontend in
+//!   the maps; `iptables-restore`; `nft -f`), then single-endpoint changes
+//!   (the agent's own timing from the parsed file to the maps written;
+//!   `iptables-restore --noflush` of what kube-proxy's partial sync writes;
+//!   `nft -f` of its incremental transaction).
+//!
+//! Output: `target/bench/services.md` (also printed), `services.json` and
+//! PNG plots next to them (see `bench_plot`).
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use gangplank::kube_proxy::{self, ClusterRanges, ProxiedPort};
+use gangplank_tests::agent::{Agent, AgentOpts};
+use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
+use gangplank_tests::{target_binary, Cluster, Proc};
+use serde::{Deserialize, Serialize};
+
+use crate::bench_ingress::median;
+use crate::bench_options::{Dataplane, IptablesBackend, ServicesOptions};
+use crate::bench_plot;
+
+const CLIENT_POD: &str = "pod-client";
+const BACKENDS_A: [&str; 5] = ["be-a1", "be-a2", "be-a3", "be-a4", "be-a5"];
+const BACKENDS_B: [&str; 5] = ["be-b1", "be-b2", "be-b3", "be-b4", "be-b5"];
+/// The iperf3 server's pod (on node-b, so the stream crosses nodes).
+const IPERF_POD: &str = "be-b1";
+const HTTP_PORT: u16 = 8080;
+const IPERF_PORT: u16 = 5201;
+const IPERF_NODE_PORT: u16 = 32_000;
+const NODE_PORT_BASE: u16 = 30_000;
+/// Services measured per size: spread through the set.
+const SAMPLE: usize = 32;
+/// Single-endpoint changes timed per mode and size.
+const CHANGES: usize = 5;
+/// The simulated cluster's pod CIDR (both nodes' /24s), kube-proxy's
+/// `--cluster-cidr`.
+const CLUSTER_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 0, 0), 16);
+/// The cluster IPs' range (`bench::vip`).
+const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
+
+/// The name shown in reports.
+pub fn label(d: Dataplane) -> &'static str {
+    match d {
+        Dataplane::Gangplank => "gangplank",
+        Dataplane::Iptables => "kube-proxy iptables",
+        Dataplane::Nftables => "kube-proxy nftables",
+    }
+}
+
+/// The restore command of an iptables backend.
+fn restore_command(backend: IptablesBackend) -> &'static str {
+    match backend {
+        IptablesBackend::Nft => "iptables-nft-restore",
+        IptablesBackend::Legacy => "iptables-legacy-restore",
+    }
+}
+
+/// One `gp-conn` run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnRun {
+    pub connections: u64,
+    pub errors: u64,
+    pub rate: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// Picks one path's runs out of a result.
+pub type RunsOf = fn(&ModeResult) -> &[ConnRun];
+
+/// Everything measured for one size and mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModeResult {
+    pub services: usize,
+    pub mode: Dataplane,
+    pub cluster_ip: Vec<ConnRun>,
+    pub node_port: Vec<ConnRun>,
+    /// iperf3 through the NodePort, Gbit/s.
+    pub stream_gbps: Option<f64>,
+    /// Applying the whole set, ms.
+    pub program_ms: f64,
+    /// What `program_ms` covers.
+    pub program_what: &'static str,
+    /// Single-endpoint changes, ms each.
+    pub change_ms: Vec<f64>,
+    /// Rules or map entries written for the set.
+    pub objects: usize,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn backend_pods() -> impl Iterator<Item = &'static str> {
+    BACKENDS_A.iter().chain(BACKENDS_B.iter()).copied()
+}
+
+fn vip(i: usize) -> Ipv4Addr {
+    crate::bench::vip(i)
+}
+
+/// The Services measured at size `n`: up to [`SAMPLE`] indices spread evenly.
+fn sample(n: usize) -> Vec<usize> {
+    let k = n.min(SAMPLE);
+    (0..k).map(|j| j * n / k).collect()
+}
+
+/// Writes N Services (sampled ones NodePort) with the ten backends as
+/// endpoints, plus the iperf3 NodePort Service, replacing earlier files.
+fn write_manifests(c: &Cluster, n: usize) -> Result<()> {
+    let dir = c.manifests_dir();
+    for entry in std::fs::read_dir(dir)? {
+        std::fs::remove_file(entry?.path())?;
+    }
+    let sampled = sample(n);
+    let endpoints: Vec<(Ipv4Addr, &str)> = backend_pods()
+        .map(|p| (c.pod(p).ip, c.pod(p).node.as_str()))
+        .collect();
+    for i in 0..n {
+        let name = format!("svc-{i:05}");
+        let svc = match sampled.iter().position(|&s| s == i) {
+            Some(k) => Service::node_port_service("bench", &name, vip(i))
+                .port("http", 80, "TCP", Target::Number(HTTP_PORT))
+                .node_port("http", NODE_PORT_BASE + k as u16),
+            None => Service::cluster_ip("bench", &name, vip(i)).port(
+                "http",
+                80,
+                "TCP",
+                Target::Number(HTTP_PORT),
+            ),
+        };
+        let slice = endpoints.iter().fold(
+            EndpointSlice::new("bench", &name, &format!("{name}-abcde"))
+                .port("http", HTTP_PORT, "TCP"),
+            |s, (ip, node)| s.endpoint(Endpoint::ready(*ip, node)),
+        );
+        manifests::write(
+            dir,
+            &format!("{name}.yaml"),
+            &[svc.to_yaml(), slice.to_yaml()],
+        )?;
+    }
+    let iperf_ip = c.pod(IPERF_POD).ip;
+    let svc = Service::node_port_service("bench", "iperf", vip(32_000))
+        .port("iperf", 5201, "TCP", Target::Number(IPERF_PORT))
+        .node_port("iperf", IPERF_NODE_PORT);
+    let slice = EndpointSlice::new("bench", "iperf", "iperf-abcde")
+        .port("iperf", IPERF_PORT, "TCP")
+        .endpoint(Endpoint::ready(iperf_ip, &c.pod(IPERF_POD).node));
+    manifests::write(dir, "iperf.yaml", &[svc.to_yaml(), slice.to_yaml()])?;
+    Ok(())
+}
+
+/// The same Service file with its last endpoint moved to an address no pod
+/// has (`generation` odd) or back (even): one endpoint changed.
+fn write_changed_service(c: &Cluster, generation: usize) -> Result<()> {
+    let i = 0;
+    let name = format!("svc-{i:05}");
+    // Service 0 is always the first of the sample (NodePort k = 0).
+    let svc = Service::node_port_service("bench", &name, vip(i))
+        .port("http", 80, "TCP", Target::Number(HTTP_PORT))
+        .node_port("http", NODE_PORT_BASE);
+    let mut slice =
+        EndpointSlice::new("bench", &name, &format!("{name}-abcde")).port("http", HTTP_PORT, "TCP");
+    for (j, pod) in backend_pods().enumerate() {
+        let ip = if j == 9 && generation % 2 == 1 {
+            Ipv4Addr::new(198, 19, 2, 250)
+        } else {
+            c.pod(pod).ip
+        };
+        slice = slice.endpoint(Endpoint::ready(ip, &c.pod(pod).node));
+    }
+    manifests::write(
+        c.manifests_dir(),
+        &format!("{name}.yaml"),
+        &[svc.to_yaml(), slice.to_yaml()],
+    )
+}
+
+/// Runs `cmd` on node-a and fails with its output if it fails; returns the
+/// wall time.
+fn run_on_node(c: &Cluster, cmd: Command, what: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let out = c.run_in_node("node-a", cmd, Duration::from_secs(600))?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    Ok(took)
+}
+
+/// How long starting a process on node-a takes by itself (subtracted from
+/// the `iptables-restore`/`nft` timings, which are process runs).
+fn spawn_overhead(c: &Cluster) -> Result<Duration> {
+    let mut runs: Vec<f64> = Vec::new();
+    for _ in 0..5 {
+        runs.push(run_on_node(c, Command::new("true"), "true")?.as_secs_f64());
+    }
+    Ok(Duration::from_secs_f64(median(&runs)))
+}
+
+struct Tools {
+    gp_conn: PathBuf,
+    gp_http: PathBuf,
+    iptables_restore: &'static str,
+}
+
+fn conntrack_flush(c: &Cluster) -> Result<()> {
+    // Exit 1 with "0 flow entries" is fine: nothing to flush.
+    let _ = c.run_in_node("node-a", conntrack_cmd(), Duration::from_secs(30))?;
+    Ok(())
+}
+
+fn conntrack_cmd() -> Command {
+    let mut cmd = Command::new("conntrack");
+    cmd.arg("-F");
+    cmd
+}
+
+/// One `gp-conn` run from `from` ("pod-client" or "client").
+fn conn_run(
+    c: &Cluster,
+    tools: &Tools,
+    from: &str,
+    targets: &[SocketAddr],
+    opts: &ServicesOptions,
+    warmup: f64,
+    duration: f64,
+) -> Result<ConnRun> {
+    let list: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    let mut cmd = Command::new(&tools.gp_conn);
+    cmd.arg(format!("--target={}", list.join(",")))
+        .arg(format!("--concurrency={}", opts.conn_concurrency))
+        .arg(format!("--warmup={warmup}"))
+        .arg(format!("--duration={duration}"));
+    let out = c.run_in(from, cmd, Duration::from_secs_f64(warmup + duration + 30.0))?;
+    if !out.status.success() {
+        bail!(
+            "gp-conn from {from} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim()).with_context(|| format!("gp-conn output {line:?}"))
+}
+
+/// A short run that must have no errors: the mode really serves every target.
+fn check_serves(
+    c: &Cluster,
+    tools: &Tools,
+    from: &str,
+    targets: &[SocketAddr],
+    opts: &ServicesOptions,
+    mode: Dataplane,
+) -> Result<()> {
+    let run = conn_run(c, tools, from, targets, opts, 0.0, 0.3)?;
+    if run.errors > 0 || run.connections == 0 {
+        bail!(
+            "{}: {} to {} targets: {} connections, {} errors: the datapath does not serve them",
+            label(mode),
+            from,
+            targets.len(),
+            run.connections,
+            run.errors
+        );
+    }
+    Ok(())
+}
+
+fn iperf(c: &Cluster, node_ip: Ipv4Addr) -> Result<f64> {
+    let mut cmd = Command::new("iperf3");
+    cmd.args([
+        "-c",
+        &node_ip.to_string(),
+        "-p",
+        &IPERF_NODE_PORT.to_string(),
+        "-t",
+        "2",
+        "-J",
+    ]);
+    let out = c.run_in_client(cmd, Duration::from_secs(30))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("iperf3: {err}");
+    }
+    v.pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .map(|bps| (bps / 1e7).round() / 100.0)
+        .context("iperf3: no end.sum_received.bits_per_second")
+}
+
+/// Measures one mode at one size; the mode is in place when called.
+fn measure(
+    c: &Cluster,
+    tools: &Tools,
+    opts: &ServicesOptions,
+    mode: Dataplane,
+    n: usize,
+) -> Result<(Vec<ConnRun>, Vec<ConnRun>, Option<f64>)> {
+    let node_ip = c.node("node-a").address;
+    let cip: Vec<SocketAddr> = sample(n)
+        .iter()
+        .map(|&i| SocketAddr::new(vip(i).into(), 80))
+        .collect();
+    let np: Vec<SocketAddr> = (0..sample(n).len())
+        .map(|k| SocketAddr::new(node_ip.into(), NODE_PORT_BASE + k as u16))
+        .collect();
+    check_serves(c, tools, CLIENT_POD, &cip, opts, mode)?;
+    check_serves(c, tools, "client", &np, opts, mode)?;
+    let mut cluster_ip = Vec::new();
+    let mut node_port = Vec::new();
+    for r in 0..opts.conn_repeats {
+        conntrack_flush(c)?;
+        let run = conn_run(c, tools, CLIENT_POD, &cip, opts, 0.5, opts.conn_duration)?;
+        println!("  N={n:<6} {:<20} ClusterIP run {}/{}: {:>7.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {}", label(mode), r + 1, opts.conn_repeats, run.rate, run.p50_us, run.p99_us, run.errors);
+        cluster_ip.push(run);
+        conntrack_flush(c)?;
+        let run = conn_run(c, tools, "client", &np, opts, 0.5, opts.conn_duration)?;
+        println!("  N={n:<6} {:<20} NodePort  run {}/{}: {:>7.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {}", label(mode), r + 1, opts.conn_repeats, run.rate, run.p50_us, run.p99_us, run.errors);
+        node_port.push(run);
+    }
+    let stream = match iperf(c, node_ip) {
+        Ok(g) => {
+            println!(
+                "  N={n:<6} {:<20} NodePort  one stream: {g:.2} Gbit/s",
+                label(mode)
+            );
+            Some(g)
+        }
+        Err(e) => {
+            eprintln!("  N={n:<6} {:<20} iperf3 failed: {e:#}", label(mode));
+            None
+        }
+    };
+    Ok((cluster_ip, node_port, stream))
+}
+
+fn gangplank_mode(
+    c: &Cluster,
+    tools: &Tools,
+    opts: &ServicesOptions,
+    n: usize,
+) -> Result<ModeResult> {
+    let started = Instant::now();
+    let mut agent = Agent::start_with(c, "node-a", AgentOpts::lan())?;
+    let wall = started.elapsed();
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("initial sync complete"))
+        .unwrap_or("");
+    let program_ms = crate::bench::field(line, "elapsed_ms").map_or(ms(wall), |v| v as f64);
+    let result = (|| {
+        let (cluster_ip, node_port, stream) = measure(c, tools, opts, Dataplane::Gangplank, n)?;
+        let mut change_ms = Vec::new();
+        for g in 1..=CHANGES {
+            let from = agent
+                .log()
+                .lines()
+                .filter(|l| l.contains("maps updated"))
+                .count();
+            write_changed_service(c, g)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let log = agent.log();
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains("maps updated")).collect();
+                if let Some(l) = lines.get(from) {
+                    change_ms.push(crate::bench::field(l, "elapsed_us").unwrap_or(0) as f64 / 1e3);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("gangplank: no \"maps updated\" after an endpoint change");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(ModeResult {
+            services: n,
+            mode: Dataplane::Gangplank,
+            cluster_ip,
+            node_port,
+            stream_gbps: stream,
+            program_ms,
+            program_what: "agent start → every frontend in the maps (its own measure, includes loading and attaching the programs)",
+            change_ms,
+            objects: n + 1,
+        })
+    })();
+    agent.stop()?;
+    let mut cmd = gangplank_tests::agent::gangplank_cmd()?;
+    cmd.arg("uninstall")
+        .arg("--bpffs")
+        .arg(&c.node("node-a").bpffs)
+        .arg("--cgroup")
+        .arg(&c.node("node-a").cgroup);
+    run_on_node(c, cmd, "gangplank uninstall")?;
+    // Back to the unchanged file for the other modes.
+    write_changed_service(c, 0)?;
+    result
+}
+
+fn ranges() -> ClusterRanges {
+    ClusterRanges {
+        cluster_cidr: CLUSTER_CIDR,
+        service_cidr: SERVICE_CIDR,
+    }
+}
+
+/// Ports with endpoint 9 of port `i` moved away (odd `generation`) or not.
+fn changed_ports(
+    ports: &[ProxiedPort],
+    i: usize,
+    generation: usize,
+    c: &Cluster,
+) -> Vec<ProxiedPort> {
+    let mut out = ports.to_vec();
+    let moved = std::net::SocketAddrV4::new(Ipv4Addr::new(198, 19, 2, 250), HTTP_PORT);
+    let original = std::net::SocketAddrV4::new(c.pod(BACKENDS_B[4]).ip, HTTP_PORT);
+    let p = &mut out[i];
+    let (from, to) = if generation % 2 == 1 {
+        (original, moved)
+    } else {
+        (moved, original)
+    };
+    if let Some(e) = p.endpoints.iter_mut().find(|e| **e == from) {
+        *e = to;
+    }
+    p.endpoints.sort_by_key(|e| e.to_string());
+    out
+}
+
+fn iptables_mode(
+    c: &Cluster,
+    tools: &Tools,
+    opts: &ServicesOptions,
+    n: usize,
+    ports: &[ProxiedPort],
+    work: &Path,
+    overhead: Duration,
+) -> Result<ModeResult> {
+    let rules = kube_proxy::iptables_restore(ports, &ranges());
+    let file = work.join("iptables.rules");
+    std::fs::write(&file, &rules)?;
+    let mut cmd = Command::new(tools.iptables_restore);
+    cmd.arg(&file);
+    let took = run_on_node(c, cmd, "iptables-restore")?;
+    let program_ms = ms(took.saturating_sub(overhead));
+    let result = (|| {
+        let (cluster_ip, node_port, stream) = measure(c, tools, opts, Dataplane::Iptables, n)?;
+        let index = ports
+            .iter()
+            .position(|p| p.service.name == "svc-00000")
+            .context("svc-00000 missing")?;
+        let mut current = ports.to_vec();
+        let mut change_ms = Vec::new();
+        for g in 1..=CHANGES {
+            let next = changed_ports(&current, index, g, c);
+            let text =
+                kube_proxy::iptables_endpoint_change(&next, index, &current[index], &ranges());
+            let file = work.join("iptables-change.rules");
+            std::fs::write(&file, text)?;
+            let mut cmd = Command::new(tools.iptables_restore);
+            cmd.arg("--noflush").arg(&file);
+            change_ms.push(ms(
+                run_on_node(c, cmd, "iptables-restore --noflush")?.saturating_sub(overhead)
+            ));
+            current = next;
+        }
+        Ok(ModeResult {
+            services: n,
+            mode: Dataplane::Iptables,
+            cluster_ip,
+            node_port,
+            stream_gbps: stream,
+            program_ms,
+            program_what: "iptables-restore of the whole ruleset",
+            change_ms,
+            objects: rules.lines().filter(|l| l.starts_with("-A ")).count(),
+        })
+    })();
+    // An empty restore leaves both tables without rules or chains; nft
+    // flush then removes the tables themselves (nf_tables backend).
+    let empty = work.join("iptables-empty.rules");
+    std::fs::write(&empty, "*filter\nCOMMIT\n*nat\nCOMMIT\n")?;
+    let mut cmd = Command::new(tools.iptables_restore);
+    cmd.arg(&empty);
+    run_on_node(c, cmd, "iptables-restore (emptying)")?;
+    if opts.iptables == IptablesBackend::Nft {
+        let mut cmd = Command::new("nft");
+        cmd.args(["flush", "ruleset"]);
+        run_on_node(c, cmd, "nft flush ruleset")?;
+    }
+    conntrack_flush(c)?;
+    result
+}
+
+fn nftables_mode(
+    c: &Cluster,
+    tools: &Tools,
+    opts: &ServicesOptions,
+    n: usize,
+    ports: &[ProxiedPort],
+    work: &Path,
+    overhead: Duration,
+) -> Result<ModeResult> {
+    let rules = kube_proxy::nft_ruleset(ports, &ranges());
+    let file = work.join("kube-proxy.nft");
+    std::fs::write(&file, &rules)?;
+    let mut cmd = Command::new("nft");
+    cmd.arg("-f").arg(&file);
+    let took = run_on_node(c, cmd, "nft -f")?;
+    let program_ms = ms(took.saturating_sub(overhead));
+    let result = (|| {
+        let (cluster_ip, node_port, stream) = measure(c, tools, opts, Dataplane::Nftables, n)?;
+        let index = ports
+            .iter()
+            .position(|p| p.service.name == "svc-00000")
+            .context("svc-00000 missing")?;
+        let mut current = ports.to_vec();
+        let mut change_ms = Vec::new();
+        for g in 1..=CHANGES {
+            let next = changed_ports(&current, index, g, c);
+            let text = kube_proxy::nft_endpoint_change(&next[index], &current[index], &ranges());
+            let file = work.join("kube-proxy-change.nft");
+            std::fs::write(&file, text)?;
+            let mut cmd = Command::new("nft");
+            cmd.arg("-f").arg(&file);
+            change_ms.push(ms(
+                run_on_node(c, cmd, "nft -f (change)")?.saturating_sub(overhead)
+            ));
+            current = next;
+        }
+        Ok(ModeResult {
+            services: n,
+            mode: Dataplane::Nftables,
+            cluster_ip,
+            node_port,
+            stream_gbps: stream,
+            program_ms,
+            program_what: "nft -f of the whole table",
+            change_ms,
+            objects: rules
+                .lines()
+                .filter(|l| l.starts_with("add rule") || l.starts_with("add element"))
+                .count(),
+        })
+    })();
+    let mut cmd = Command::new("nft");
+    cmd.args(["delete", "table", "ip", "kube-proxy"]);
+    run_on_node(c, cmd, "nft delete table")?;
+    conntrack_flush(c)?;
+    result
+}
+
+fn start_servers(c: &Cluster, tools: &Tools) -> Result<Vec<Proc>> {
+    let mut procs = Vec::new();
+    for pod in backend_pods() {
+        let mut cmd = Command::new(&tools.gp_http);
+        cmd.arg("--listen")
+            .arg(format!("0.0.0.0:{HTTP_PORT}"))
+            .arg("--name")
+            .arg(pod)
+            .arg("--workers=1");
+        let mut p = c.spawn_in_pod(pod, cmd)?;
+        p.wait_for_line(|l| l.contains("listening on"), Duration::from_secs(10))?;
+        procs.push(p);
+    }
+    let mut cmd = Command::new("iperf3");
+    cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
+    procs.push(c.spawn_in_pod(IPERF_POD, cmd)?);
+    Ok(procs)
+}
+
+/// Runs the services benchmark.
+pub fn run(opts: &ServicesOptions) -> Result<Vec<ModeResult>> {
+    gangplank_tests::check_privileges()?;
+    if opts.sizes.iter().any(|&n| n == 0 || n > 30_000) {
+        bail!("--sizes: each between 1 and 30000");
+    }
+    let iptables_restore = restore_command(opts.iptables);
+    let tools = Tools {
+        gp_conn: target_binary("gp-conn")?,
+        gp_http: target_binary("gp-http")?,
+        iptables_restore,
+    };
+    let mut nodes_a = vec![CLIENT_POD];
+    nodes_a.extend(BACKENDS_A);
+    let c = Cluster::new(
+        "bench-services",
+        &[("node-a", &nodes_a), ("node-b", &BACKENDS_B)],
+    )
+    .context("building the simulated cluster")?;
+    let work = crate::root_dir().join("target/bench/services-work");
+    std::fs::create_dir_all(&work)?;
+    let _servers = start_servers(&c, &tools)?;
+    let overhead = spawn_overhead(&c)?;
+    let mut results = Vec::new();
+    for &n in &opts.sizes {
+        write_manifests(&c, n)?;
+        let ports = kube_proxy::proxied_ports_in_dir(c.manifests_dir())?;
+        if ports.len() != n + 1 {
+            bail!(
+                "expected {} service ports from the manifests, got {}",
+                n + 1,
+                ports.len()
+            );
+        }
+        println!("\nN = {n} services × 10 endpoints");
+        for &mode in &opts.dataplanes {
+            let r = match mode {
+                Dataplane::Gangplank => gangplank_mode(&c, &tools, opts, n),
+                Dataplane::Iptables => iptables_mode(&c, &tools, opts, n, &ports, &work, overhead),
+                Dataplane::Nftables => nftables_mode(&c, &tools, opts, n, &ports, &work, overhead),
+            }
+            .with_context(|| format!("{} at {n} services", label(mode)))?;
+            println!(
+                "  N={n:<6} {:<20} programming {:.0} ms, one endpoint change median {:.1} ms",
+                label(mode),
+                r.program_ms,
+                median(&r.change_ms)
+            );
+            results.push(r);
+        }
+    }
+    let out = crate::root_dir().join("target/bench");
+    let report = report(&results, opts, overhead);
+    std::fs::write(out.join("services.md"), &report)?;
+    std::fs::write(
+        out.join("services.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    let plots = bench_plot::services(&results, &out)?;
+    println!("\n{report}");
+    for p in plots {
+        println!("plot: {}", p.display());
+    }
+    Ok(results)
+}
+
+fn machine_summary() -> String {
+    let m = crate::bench_ingress::machine();
+    format!(
+        "{} CPUs ({}), Linux {}",
+        m["cpus"], m["cpu_model"], m["kernel"]
+    )
+}
+
+fn ratio(x: f64, base: Option<f64>) -> String {
+    match base {
+        Some(b) if b > 0.0 => format!("{:.2}×", x / b),
+        _ => "–".into(),
+    }
+}
+
+fn conn_table(out: &mut String, results: &[ModeResult], pick: RunsOf) {
+    out.push_str("| services | mode | conn/s | min–max | p50 µs | p99 µs | errors | conn/s vs iptables | p99 vs iptables |\n");
+    out.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in results {
+        let runs = pick(r);
+        if runs.is_empty() {
+            continue;
+        }
+        let rates: Vec<f64> = runs.iter().map(|x| x.rate).collect();
+        let p50 = median(&runs.iter().map(|x| x.p50_us).collect::<Vec<_>>());
+        let p99 = median(&runs.iter().map(|x| x.p99_us).collect::<Vec<_>>());
+        let base = results
+            .iter()
+            .find(|b| b.services == r.services && b.mode == Dataplane::Iptables)
+            .map(pick)
+            .filter(|b| !b.is_empty());
+        let base_rate = base.map(|b| median(&b.iter().map(|x| x.rate).collect::<Vec<_>>()));
+        let base_p99 = base.map(|b| median(&b.iter().map(|x| x.p99_us).collect::<Vec<_>>()));
+        let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = rates.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {lo:.0}–{hi:.0} | {p50:.0} | {p99:.0} | {} | {} | {} |",
+            r.services,
+            label(r.mode),
+            median(&rates),
+            runs.iter().map(|x| x.errors).sum::<u64>(),
+            ratio(median(&rates), base_rate),
+            ratio(p99, base_p99),
+        );
+    }
+}
+
+fn report(results: &[ModeResult], opts: &ServicesOptions, overhead: Duration) -> String {
+    let mut out = String::new();
+    out.push_str("# Services: gangplank vs kube-proxy (iptables, nftables)\n\n");
+    let _ = writeln!(out, "Machine: {}.  ", machine_summary());
+    let _ = writeln!(
+        out,
+        "Set-up: two simulated nodes (network namespaces); 10 backend pods (`gp-http`), 5 per node; each of N Services has those 10 endpoints; \
+         the client pod is on node-a and so is everything measured (gangplank agent, or kube-proxy's rules generated from the same manifests: \
+         iptables via `{}`, nftables via `nft -f`). One mode at a time, conntrack flushed between runs. \
+         `gp-conn`: {} concurrent clients, each a new TCP connection with one short HTTP request per iteration, round a sample of up to {SAMPLE} Services \
+         spread through the set; 0.5 s warm-up, {} s measured, {} runs per cell (median; min–max of conn/s).\n",
+        restore_command(opts.iptables),
+        opts.conn_concurrency, opts.conn_duration, opts.conn_repeats
+    );
+    out.push_str("## ClusterIP from a pod\n\n");
+    conn_table(&mut out, results, |r| &r.cluster_ip);
+    out.push_str("\n## NodePort from outside the cluster\n\n");
+    conn_table(&mut out, results, |r| &r.node_port);
+    out.push_str("\n## One long TCP stream through a NodePort (iperf3, 2 s, to a pod on the other node)\n\n| services | mode | Gbit/s |\n|---:|---|---:|\n");
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            r.services,
+            label(r.mode),
+            r.stream_gbps.map_or("failed".into(), |g| format!("{g:.2}"))
+        );
+    }
+    let _ = write!(
+        out,
+        "\n## Programming\n\nWhole set: gangplank = agent start until every frontend is in the maps (its own measure, loading and attaching the programs included); \
+         iptables/nftables = the `iptables-restore` / `nft -f` run. One endpoint change: gangplank = from the changed file's parsed contents to the maps written (the agent's measure); \
+         iptables = `iptables-restore --noflush` of what kube-proxy's partial sync writes (top-level chains whole, the changed Service's chains); \
+         nftables = `nft -f` of kube-proxy's incremental transaction. Process runs have {:.1} ms of process start-up (measured with `true`) subtracted. Median of {CHANGES} changes.\n\n\
+         | services | mode | rules / entries | whole set ms | vs iptables | one change ms | vs iptables |\n|---:|---|---:|---:|---:|---:|---:|\n",
+        ms(overhead)
+    );
+    for r in results {
+        let base = results
+            .iter()
+            .find(|b| b.services == r.services && b.mode == Dataplane::Iptables);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {} | {:.2} | {} |",
+            r.services,
+            label(r.mode),
+            r.objects,
+            r.program_ms,
+            base.map_or("–".into(), |b| format!(
+                "{:.2}×",
+                r.program_ms / b.program_ms.max(1e-3)
+            )),
+            median(&r.change_ms),
+            base.map_or("–".into(), |b| format!(
+                "{:.2}×",
+                median(&r.change_ms) / median(&b.change_ms).max(1e-3)
+            )),
+        );
+    }
+    out
+}
