@@ -124,6 +124,23 @@ fn update(entry: *mut CtEntry, proto: u8, add: u16, now: u32) {
     }
 }
 
+/// Whether the entry at `key` belongs to a flow that is over, so that a new
+/// flow may take its place: expired (the garbage collector has not reached
+/// it yet), or, for a new TCP connection (`syn`), closed by a RST or a FIN
+/// each way, as the kernel lets a SYN reuse a tuple in TIME_WAIT or CLOSE.
+/// Without this, at thousands of connections a second, finished flows hold
+/// SNAT ports for their closing lifetime and new flows find none free.
+#[inline(always)]
+pub fn reclaimable(key: &CtKey, syn: bool) -> bool {
+    let Some(entry) = GP_CT.get_ptr(key) else {
+        // Gone since the failed insert: free.
+        return true;
+    };
+    // SAFETY: pointer from a successful lookup, valid for this program run.
+    let (expires, flags) = unsafe { ((*entry).expires, (*entry).flags) };
+    expires < now_secs() || (syn && flags & CT_FLAG_CLOSING != 0)
+}
+
 /// Create or replace an entry.
 #[inline(always)]
 pub fn insert(key: &CtKey, entry: &CtEntry, flags: u64) -> Option<()> {

@@ -374,11 +374,16 @@ fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
     };
     let range = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
     let hash = flow_hash(flow);
+    let syn = flow.is_tcp() && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let mut snat_port = 0u16;
+    // First a free port; failing that, one whose flow is over (see
+    // `conntrack::reclaimable`), so that a live flow's port is never taken
+    // while a free one may exist.
     let mut attempt = 0u32;
-    while attempt < 16 {
+    while attempt < 32 {
+        let reclaim = attempt >= 16;
         let candidate =
-            SNAT_PORT_MIN + (hash.wrapping_add(attempt.wrapping_mul(7919)) % range) as u16;
+            SNAT_PORT_MIN + (hash.wrapping_add((attempt % 16).wrapping_mul(7919)) % range) as u16;
         let port = candidate.to_be();
         let key = conntrack::key(
             backend.address,
@@ -388,15 +393,20 @@ fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
             flow.proto,
             CT_DIR_REPLY_SNAT,
         );
-        if conntrack::insert(&key, &reply, BPF_NOEXIST).is_some() {
+        let claimed = if reclaim {
+            conntrack::reclaimable(&key, syn) && conntrack::insert(&key, &reply, 0).is_some()
+        } else {
+            conntrack::insert(&key, &reply, BPF_NOEXIST).is_some()
+        };
+        if claimed {
             snat_port = port;
             break;
         }
         attempt += 1;
     }
     if snat_port == 0 {
-        // Sixteen taken ports in a row: the range is nearly exhausted for
-        // this backend. Dropping lets the client retry with a new port.
+        // Sixteen ports taken by live flows: the range is nearly exhausted
+        // for this backend. Dropping lets the client retry with a new port.
         return Verdict::Drop;
     }
     let orig = CtEntry {

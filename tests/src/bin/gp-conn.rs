@@ -7,7 +7,11 @@
 //! its own offset), for `--duration` seconds after a `--warmup`. This is
 //! what a Service's translation costs most on: every connection is a new
 //! flow, looked up from the start (socket LB, iptables chains, nftables
-//! maps). The server closes first, so no TIME_WAIT piles up on this side.
+//! maps). Once the answer is read, the connection is reset (`SO_LINGER`
+//! 0), so that no side keeps it in TIME_WAIT: at thousands of connections
+//! a second, reused ports would otherwise meet TIME_WAIT sockets on the
+//! servers, whose SYNs are then dropped and retried a second later,
+//! whatever the datapath.
 //!
 //! A connection's latency runs from `connect()` to the answer's last byte.
 //! A refused or timed-out connection, a short or non-2xx answer counts as
@@ -17,6 +21,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -38,6 +43,10 @@ struct Args {
     /// Seconds of load before measuring (not counted).
     #[arg(long, default_value_t = 0.5)]
     warmup: f64,
+    /// Stop after this many connections in all (measured ones; 0: no
+    /// limit), even before `--duration` is up.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
     /// Bound on one connection (connect, request and answer), in milliseconds.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
@@ -52,7 +61,8 @@ struct Report {
     connections: u64,
     /// Failed connections in the window.
     errors: u64,
-    /// `connections / duration_s`.
+    /// `connections / duration_s` (the measured window: `--duration`, or
+    /// less when `--count` ended it).
     rate: f64,
     /// Latency of completed connections, in microseconds.
     p50_us: f64,
@@ -83,6 +93,7 @@ fn one(target: &SocketAddr, timeout: Duration, buf: &mut Vec<u8>) -> Result<(), 
     buf.clear();
     s.read_to_end(buf)
         .map_err(|e| format!("recv: {}", kind(&e)))?;
+    reset_on_close(&s);
     // "HTTP/1.1 200": the status must be 2xx.
     match buf.get(9) {
         Some(b'2') => Ok(()),
@@ -94,6 +105,25 @@ fn one(target: &SocketAddr, timeout: Duration, buf: &mut Vec<u8>) -> Result<(), 
     }
 }
 
+/// `SO_LINGER` {on, 0}: `close` sends RST instead of FIN.
+fn reset_on_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a pointer to a live linger of the given size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 fn kind(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timeout".into(),
@@ -101,11 +131,25 @@ fn kind(e: &std::io::Error) -> String {
     }
 }
 
+/// When to stop: the end of the window, or `count` connections started.
+struct Stop {
+    end: Instant,
+    count: u64,
+    started: AtomicU64,
+}
+
+impl Stop {
+    /// Whether another measured connection may start.
+    fn take(&self) -> bool {
+        self.count == 0 || self.started.fetch_add(1, Ordering::Relaxed) < self.count
+    }
+}
+
 fn worker(
     targets: &[SocketAddr],
     offset: usize,
     start: Instant,
-    end: Instant,
+    stop: &Stop,
     timeout: Duration,
 ) -> Tally {
     let mut tally = Tally::default();
@@ -113,7 +157,7 @@ fn worker(
     let mut i = offset;
     loop {
         let t0 = Instant::now();
-        if t0 >= end {
+        if t0 >= stop.end || (t0 >= start && !stop.take()) {
             return tally;
         }
         let result = one(&targets[i % targets.len()], timeout, &mut buf);
@@ -144,13 +188,17 @@ fn run(args: Args) -> Result<Report> {
     }
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let start = Instant::now() + Duration::from_secs_f64(args.warmup);
-    let end = start + Duration::from_secs_f64(args.duration);
+    let stop = Stop {
+        end: start + Duration::from_secs_f64(args.duration),
+        count: args.count,
+        started: AtomicU64::new(0),
+    };
     let stride = args.targets.len().div_ceil(args.concurrency).max(1);
     let tallies: Vec<Tally> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..args.concurrency)
             .map(|t| {
-                let targets = &args.targets;
-                scope.spawn(move || worker(targets, t * stride, start, end, timeout))
+                let (targets, stop) = (&args.targets, &stop);
+                scope.spawn(move || worker(targets, t * stride, start, stop, timeout))
             })
             .collect();
         handles
@@ -158,6 +206,12 @@ fn run(args: Args) -> Result<Report> {
             .map(|h| h.join().unwrap_or_default())
             .collect()
     });
+    // With `--count`, the window may close early.
+    let measured = Instant::now()
+        .min(stop.end)
+        .saturating_duration_since(start)
+        .as_secs_f64()
+        .max(1e-3);
     let mut latencies: Vec<u64> = Vec::new();
     let mut error_kinds = BTreeMap::new();
     for t in tallies {
@@ -171,10 +225,10 @@ fn run(args: Args) -> Result<Report> {
     Ok(Report {
         targets: args.targets.len(),
         concurrency: args.concurrency,
-        duration_s: args.duration,
+        duration_s: (measured * 1e3).round() / 1e3,
         connections,
         errors: error_kinds.values().sum(),
-        rate: (connections as f64 / args.duration).round(),
+        rate: (connections as f64 / measured).round(),
         p50_us: quantile_us(&latencies, 0.50),
         p90_us: quantile_us(&latencies, 0.90),
         p99_us: quantile_us(&latencies, 0.99),
