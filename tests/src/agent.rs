@@ -18,7 +18,9 @@ pub struct AgentOpts {
     pub devices: Vec<String>,
     /// `--lb-mode snat|dsr|hybrid`.
     pub lb_mode: Option<String>,
-    /// `--xdp auto|off`.
+    /// `--xdp auto|native|off`; unset: `native`, because the simulated
+    /// nodes' devices are veths, which `auto` leaves to tc, and the tests
+    /// must cover the XDP fast path too.
     pub xdp: Option<String>,
     /// `--maglev-table-size`.
     pub maglev_table_size: Option<u32>,
@@ -74,7 +76,10 @@ impl AgentOpts {
         }
         for (flag, value) in [
             ("--lb-mode", &self.lb_mode),
-            ("--xdp", &self.xdp),
+            (
+                "--xdp",
+                &Some(self.xdp.clone().unwrap_or_else(|| "native".into())),
+            ),
             ("--metrics-addr", &self.metrics_addr),
         ] {
             if let Some(v) = value {

@@ -369,10 +369,24 @@ fn attach_tc(datapath: &mut Datapath, devices: &[NetDevice]) -> Result<()> {
 }
 
 fn attach_xdp(datapath: &mut Datapath, devices: &[NetDevice], xdp: XdpSetting) -> Result<()> {
-    for dev in datapath
-        .attach_xdp(&device_list(devices), xdp)
-        .context("attaching the XDP fast path")?
-    {
+    // `auto` leaves veths to tc (see `XdpSetting::Auto`).
+    let (veths, others): (Vec<NetDevice>, Vec<NetDevice>) = devices
+        .iter()
+        .cloned()
+        .partition(|d| d.kind.as_deref() == Some("veth"));
+    let veth_xdp = match xdp {
+        XdpSetting::Auto => XdpSetting::Off,
+        other => other,
+    };
+    let mut attached = datapath
+        .attach_xdp(&device_list(&others), xdp)
+        .context("attaching the XDP fast path")?;
+    attached.extend(
+        datapath
+            .attach_xdp(&device_list(&veths), veth_xdp)
+            .context("attaching the XDP fast path")?,
+    );
+    for dev in attached {
         info!(device = %dev.name, ifindex = dev.ifindex, xdp = dev.xdp, "device load balancer attached");
     }
     Ok(())

@@ -87,7 +87,8 @@ struct AgentArgs {
     #[arg(long, value_delimiter = ',')]
     devices: Option<Vec<String>>,
     /// XDP fast path on the devices: `auto` uses it where the driver
-    /// supports native XDP, `off` uses tc only.
+    /// supports native XDP except on veth devices (where it costs TCP
+    /// stream throughput), `native` there too, `off` uses tc only.
     #[arg(long, value_enum, default_value = "auto")]
     xdp: dataplane::loader::XdpSetting,
     /// How traffic for endpoints on other nodes is forwarded: `snat`

@@ -95,6 +95,9 @@ pub struct ConnRun {
     pub rate: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub max_us: f64,
+    #[serde(default)]
+    pub error_kinds: std::collections::BTreeMap<String, u64>,
 }
 
 /// Picks one path's runs out of a result.
@@ -296,12 +299,13 @@ fn check_serves(
     let run = conn_run(c, tools, from, targets, opts, 0.0, 0.3)?;
     if run.errors > 0 || run.connections == 0 {
         bail!(
-            "{}: {} to {} targets: {} connections, {} errors: the datapath does not serve them",
+            "{}: {} to {} targets: {} connections, {} errors ({:?}): the datapath does not serve them",
             label(mode),
             from,
             targets.len(),
             run.connections,
-            run.errors
+            run.errors,
+            run.error_kinds
         );
     }
     Ok(())
@@ -353,11 +357,11 @@ fn measure(
     for r in 0..opts.conn_repeats {
         conntrack_flush(c)?;
         let run = conn_run(c, tools, CLIENT_POD, &cip, opts, 0.5, opts.conn_duration)?;
-        println!("  N={n:<6} {:<20} ClusterIP run {}/{}: {:>7.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {}", label(mode), r + 1, opts.conn_repeats, run.rate, run.p50_us, run.p99_us, run.errors);
+        println!("  N={n:<6} {:<20} ClusterIP run {}/{}: {:>7.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  max {:>7.0} µs  errors {} {:?}", label(mode), r + 1, opts.conn_repeats, run.rate, run.p50_us, run.p99_us, run.max_us, run.errors, run.error_kinds);
         cluster_ip.push(run);
         conntrack_flush(c)?;
         let run = conn_run(c, tools, "client", &np, opts, 0.5, opts.conn_duration)?;
-        println!("  N={n:<6} {:<20} NodePort  run {}/{}: {:>7.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {}", label(mode), r + 1, opts.conn_repeats, run.rate, run.p50_us, run.p99_us, run.errors);
+        println!("  N={n:<6} {:<20} NodePort  run {}/{}: {:>7.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  max {:>7.0} µs  errors {} {:?}", label(mode), r + 1, opts.conn_repeats, run.rate, run.p50_us, run.p99_us, run.max_us, run.errors, run.error_kinds);
         node_port.push(run);
     }
     let stream = match iperf(c, node_ip) {
@@ -383,7 +387,7 @@ fn gangplank_mode(
     n: usize,
 ) -> Result<ModeResult> {
     let started = Instant::now();
-    let mut agent = Agent::start_with(c, "node-a", AgentOpts::lan())?;
+    let mut agent = Agent::start_with(c, "node-a", AgentOpts::lan().xdp("auto"))?;
     let wall = started.elapsed();
     let log = agent.log();
     let line = log

@@ -323,6 +323,7 @@ mod tests {
             name: name.into(),
             ifindex,
             addresses: addresses.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+            kind: None,
         }
     }
 

@@ -84,6 +84,10 @@ pub struct NetDevice {
     /// Global-scope IPv4 addresses, primary addresses first, each group in
     /// the kernel's order; the first one is the SNAT source for the device.
     pub addresses: Vec<Ipv4Addr>,
+    /// The rtnetlink link kind (`veth`, `vlan`, `bond`...); none for a
+    /// physical NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 impl NetDevice {
@@ -294,6 +298,7 @@ impl Inventory {
             name: link.name.clone(),
             ifindex: link.index,
             addresses: self.global_addresses(link.index),
+            kind: link.kind.clone(),
         }
     }
 }

@@ -104,6 +104,7 @@ fn detects_the_uplink_and_nothing_else_on_a_simulated_node() {
             name: "eth0".into(),
             ifindex: 2,
             addresses: vec![ip([198, 18, 0, 10])],
+            kind: None,
         }]
     );
 }
@@ -218,11 +219,13 @@ fn named_devices_are_taken_as_given_even_without_an_address() {
                 name: "eth0".into(),
                 ifindex: 2,
                 addresses: vec![ip([198, 18, 0, 10])],
+                kind: None,
             },
             NetDevice {
                 name: "eth1".into(),
                 ifindex: 6,
                 addresses: vec![],
+                kind: None,
             },
         ]
     );
@@ -279,6 +282,7 @@ fn refresh_follows_addresses_and_re_created_devices() {
             name: "eth0".into(),
             ifindex: 9,
             addresses: vec![ip([198, 18, 0, 11])],
+            kind: None,
         }
     );
 }
@@ -290,11 +294,13 @@ fn table_lists_devices_and_marks_missing_addresses() {
             name: "eth0".into(),
             ifindex: 2,
             addresses: vec![ip([198, 18, 0, 10]), ip([198, 18, 0, 210])],
+            kind: None,
         },
         NetDevice {
             name: "eth1".into(),
             ifindex: 10,
             addresses: vec![],
+            kind: None,
         },
     ]);
     assert_eq!(
