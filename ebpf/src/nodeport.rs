@@ -295,19 +295,23 @@ fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
         );
         // The reply key has no frontend in it: the same client address and
         // port talking to two frontends that share this backend would
-        // clash. The second flow is refused (the client retries from
-        // another port) instead of stealing the first one's replies.
+        // clash. The key is taken over when it is this flow's own (same
+        // frontend) or its flow is over (see `conntrack::reclaimable`): a
+        // client reuses a port soon after a connection to another
+        // frontend was reset. Only a live flow to another frontend keeps
+        // it, and this one is refused rather than steal its replies.
         if conntrack::insert(&reply_key, &reply, BPF_NOEXIST).is_none() {
-            let same = match conntrack::lookup(&reply_key) {
-                Some((old, _)) => {
-                    // SAFETY: pointer from a successful lookup.
-                    let old = unsafe { *old };
-                    old.new_saddr == reply.new_saddr && old.new_sport == reply.new_sport
-                }
-                // Expired (not yet collected): take it over.
-                None => true,
-            };
-            if !same || conntrack::insert(&reply_key, &reply, 0).is_none() {
+            let syn = flow.is_tcp() && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let take = conntrack::reclaimable(&reply_key, syn)
+                || match conntrack::lookup(&reply_key) {
+                    Some((old, _)) => {
+                        // SAFETY: pointer from a successful lookup.
+                        let old = unsafe { *old };
+                        old.new_saddr == reply.new_saddr && old.new_sport == reply.new_sport
+                    }
+                    None => true,
+                };
+            if !take || conntrack::insert(&reply_key, &reply, 0).is_none() {
                 return Verdict::Drop;
             }
         }

@@ -852,3 +852,46 @@ fn snat_ports_of_closed_flows_are_reused() {
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["connections"], 6000, "{report}");
 }
+
+/// A client port that just finished a connection to one NodePort is
+/// reused at once for another NodePort whose backend is the same local
+/// pod: both flows have the same reply tuple (client → pod:8080), and the
+/// first one's closing entry must give way, not drop the new SYN (and its
+/// retransmissions) for the closing entry's lifetime.
+#[test]
+fn client_port_reused_across_frontends_sharing_a_local_backend() {
+    let env = setup(
+        "np-port-reuse",
+        &web("NodePort"),
+        &["pod-a1"],
+        AgentOpts::lan(),
+    );
+    let other = Service::node_port_service("default", "web2", Ipv4Addr::new(198, 18, 200, 11))
+        .port("http", HTTP_PORT, "TCP", Target::Number(TCP_TARGET))
+        .node_port("http", NP_TCP + 1);
+    write(&env.c, "web2.yaml", &other, &ready(&env.c, &["pod-a1"]));
+    let node_a = env.node_ip("node-a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tcp(&env.c, "client", node_a, NP_TCP + 1, 1)[0].ok {
+        assert!(Instant::now() < deadline, "web2's NodePort never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for port in [NP_TCP, NP_TCP + 1, NP_TCP] {
+        let results = probe(
+            &env.c,
+            "client",
+            &[
+                "tcp",
+                &format!("{node_a}:{port}"),
+                "--source-port",
+                "40123",
+                "--timeout-ms",
+                "3000",
+            ],
+        );
+        assert!(
+            results.iter().all(|r| r.ok),
+            "NodePort {port} from client port 40123: {results:?}"
+        );
+    }
+}
