@@ -160,7 +160,16 @@ fn worker(
         if t0 >= stop.end || (t0 >= start && !stop.take()) {
             return tally;
         }
-        let result = one(&targets[i % targets.len()], timeout, &mut buf);
+        let target = &targets[i % targets.len()];
+        let result = one(target, timeout, &mut buf).map_err(|kind| {
+            // Name the target when there are several: a datapath may fail
+            // some frontends and not others.
+            if targets.len() > 1 {
+                format!("{target}: {kind}")
+            } else {
+                kind
+            }
+        });
         i += 1;
         // Only connections started in the measured window count.
         if t0 < start {
