@@ -127,7 +127,7 @@ fn draw(path: &Path, title: &str, y_label: &str, lines: &[Line]) -> Result<()> {
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font((FONT, 15))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::LowerLeft)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     root.present()

@@ -120,6 +120,57 @@ pub struct ModeResult {
     pub change_ms: Vec<f64>,
     /// Rules or map entries written for the set.
     pub objects: usize,
+    /// gangplank only: what the socket load balancer adds to `connect()`.
+    pub socket_lb: Option<SocketLbCost>,
+}
+
+/// Nanoseconds per UDP `connect()` (no packet is sent; medians of 3 runs
+/// of 200,000 calls).
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketLbCost {
+    /// From the client pod to a cluster IP: the hook translates.
+    pub translated_ns: f64,
+    /// From the client pod to a pod address: the hook runs, no service.
+    pub not_a_service_ns: f64,
+    /// From a pod on node-b, which has no socket load balancer.
+    pub without_hook_ns: f64,
+}
+
+/// One `gp-conn --udp-connects` run: ns per call.
+fn udp_connect_ns(c: &Cluster, tools: &Tools, from: &str, target: SocketAddr) -> Result<f64> {
+    let mut cmd = Command::new(&tools.gp_conn);
+    cmd.arg(format!("--target={target}"))
+        .arg("--udp-connects=200000");
+    let out = c.run_in(from, cmd, Duration::from_secs(60))?;
+    if !out.status.success() {
+        bail!(
+            "gp-conn --udp-connects from {from}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("gp-conn output {:?}", String::from_utf8_lossy(&out.stdout)))?;
+    v["ns_per_connect"].as_f64().context("no ns_per_connect")
+}
+
+fn socket_lb_cost(c: &Cluster, tools: &Tools) -> Result<SocketLbCost> {
+    // The iperf Service's UDP port.
+    let vip_target = SocketAddr::new(vip(32_000).into(), 5201);
+    let pod_target = SocketAddr::new(c.pod(BACKENDS_A[0]).ip.into(), HTTP_PORT);
+    let mut runs = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..3 {
+        // (The socket LB's getpeername hook shows the cluster IP as the
+        // peer, so translation cannot be checked from here; the ClusterIP
+        // runs above show it works.)
+        runs[0].push(udp_connect_ns(c, tools, CLIENT_POD, vip_target)?);
+        runs[1].push(udp_connect_ns(c, tools, CLIENT_POD, pod_target)?);
+        runs[2].push(udp_connect_ns(c, tools, IPERF_POD, pod_target)?);
+    }
+    Ok(SocketLbCost {
+        translated_ns: median(&runs[0]),
+        not_a_service_ns: median(&runs[1]),
+        without_hook_ns: median(&runs[2]),
+    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -178,9 +229,12 @@ fn write_manifests(c: &Cluster, n: usize) -> Result<()> {
     let iperf_ip = c.pod(IPERF_POD).ip;
     let svc = Service::node_port_service("bench", "iperf", vip(32_000))
         .port("iperf", 5201, "TCP", Target::Number(IPERF_PORT))
-        .node_port("iperf", IPERF_NODE_PORT);
+        .node_port("iperf", IPERF_NODE_PORT)
+        // A UDP port: the socket LB's connect() cost is timed on UDP sockets.
+        .port("udp", 5201, "UDP", Target::Number(IPERF_PORT));
     let slice = EndpointSlice::new("bench", "iperf", "iperf-abcde")
         .port("iperf", IPERF_PORT, "TCP")
+        .port("udp", IPERF_PORT, "UDP")
         .endpoint(Endpoint::ready(iperf_ip, &c.pod(IPERF_POD).node));
     manifests::write(dir, "iperf.yaml", &[svc.to_yaml(), slice.to_yaml()])?;
     Ok(())
@@ -397,6 +451,14 @@ fn gangplank_mode(
     let program_ms = crate::bench::field(line, "elapsed_ms").map_or(ms(wall), |v| v as f64);
     let result = (|| {
         let (cluster_ip, node_port, stream) = measure(c, tools, opts, Dataplane::Gangplank, n)?;
+        let socket_lb = socket_lb_cost(c, tools)?;
+        println!(
+            "  N={n:<6} {:<20} connect(): {:.0} ns to a cluster IP, {:.0} ns to a pod, {:.0} ns without the hook",
+            label(Dataplane::Gangplank),
+            socket_lb.translated_ns,
+            socket_lb.not_a_service_ns,
+            socket_lb.without_hook_ns
+        );
         let mut change_ms = Vec::new();
         for g in 1..=CHANGES {
             let from = agent
@@ -429,6 +491,7 @@ fn gangplank_mode(
             program_what: "agent start → every frontend in the maps (its own measure, includes loading and attaching the programs)",
             change_ms,
             objects: n + 1,
+            socket_lb: Some(socket_lb),
         })
     })();
     agent.stop()?;
@@ -521,6 +584,7 @@ fn iptables_mode(
             program_what: "iptables-restore of the whole ruleset",
             change_ms,
             objects: rules.lines().filter(|l| l.starts_with("-A ")).count(),
+            socket_lb: None,
         })
     })();
     // An empty restore leaves both tables without rules or chains; nft
@@ -588,6 +652,7 @@ fn nftables_mode(
                 .lines()
                 .filter(|l| l.starts_with("add rule") || l.starts_with("add element"))
                 .count(),
+            socket_lb: None,
         })
     })();
     let mut cmd = Command::new("nft");
@@ -643,10 +708,11 @@ pub fn run(opts: &ServicesOptions) -> Result<Vec<ModeResult>> {
     for &n in &opts.sizes {
         write_manifests(&c, n)?;
         let ports = kube_proxy::proxied_ports_in_dir(c.manifests_dir())?;
-        if ports.len() != n + 1 {
+        // N one-port Services and the iperf Service's two ports.
+        if ports.len() != n + 2 {
             bail!(
                 "expected {} service ports from the manifests, got {}",
-                n + 1,
+                n + 2,
                 ports.len()
             );
         }
@@ -757,6 +823,27 @@ fn report(results: &[ModeResult], opts: &ServicesOptions, overhead: Duration) ->
             label(r.mode),
             r.stream_gbps.map_or("failed".into(), |g| format!("{g:.2}"))
         );
+    }
+    out.push_str(
+        "\n## Socket load balancer: cost per `connect()` (gangplank)\n\n\
+         BPF_PROG_TEST_RUN cannot run cgroup socket-address programs, so the hook is timed where it runs: \
+         200,000 UDP `connect()` calls on one socket (no packet is sent), from the client pod to a cluster IP (translated; a UDP port of the iperf Service), \
+         from the client pod to a pod address (the hook runs and finds no service), and from a pod on node-b, \
+         where no socket load balancer is attached. Medians of 3 runs.\n\n\
+         | services | to a cluster IP ns | to a pod ns | without the hook ns | translation cost ns |\n|---:|---:|---:|---:|---:|\n",
+    );
+    for r in results {
+        if let Some(s) = &r.socket_lb {
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                r.services,
+                s.translated_ns,
+                s.not_a_service_ns,
+                s.without_hook_ns,
+                s.translated_ns - s.without_hook_ns
+            );
+        }
     }
     let _ = write!(
         out,

@@ -47,6 +47,12 @@ struct Args {
     /// limit), even before `--duration` is up.
     #[arg(long, default_value_t = 0)]
     count: u64,
+    /// Instead of the load: `connect()` one UDP socket to the first target
+    /// this many times and print the time per call. Every call runs the
+    /// socket hooks (the socket load balancer's translation) and a route
+    /// lookup, and no packet is sent.
+    #[arg(long)]
+    udp_connects: Option<u64>,
     /// Bound on one connection (connect, request and answer), in milliseconds.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
@@ -246,8 +252,49 @@ fn run(args: Args) -> Result<Report> {
     })
 }
 
+/// `--udp-connects`: the result line.
+#[derive(Serialize)]
+struct ConnectCost {
+    connects: u64,
+    ns_per_connect: f64,
+    /// The socket's peer as `getpeername` shows it (gangplank's socket LB
+    /// shows the cluster IP, not the endpoint it connected to).
+    peer: String,
+}
+
+fn connect_cost(target: SocketAddr, n: u64) -> Result<ConnectCost> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    // Warm caches (route, map entries) before timing.
+    for _ in 0..n.min(1000) {
+        sock.connect(target)?;
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        sock.connect(target)?;
+    }
+    let elapsed = started.elapsed();
+    Ok(ConnectCost {
+        connects: n,
+        ns_per_connect: (elapsed.as_nanos() as f64 / n.max(1) as f64 * 10.0).round() / 10.0,
+        peer: sock.peer_addr()?.to_string(),
+    })
+}
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    if let Some(n) = args.udp_connects {
+        return match connect_cost(args.targets[0], n) {
+            Ok(cost) => {
+                println!("{}", serde_json::to_string(&cost).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gp-conn: connect to {}: {e:#}", args.targets[0]);
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(args) {
         Ok(report) => match serde_json::to_string(&report) {
             Ok(line) => {
                 println!("{line}");
