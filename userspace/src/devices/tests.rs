@@ -104,7 +104,7 @@ fn detects_the_uplink_and_nothing_else_on_a_simulated_node() {
             name: "eth0".into(),
             ifindex: 2,
             addresses: vec![ip([198, 18, 0, 10])],
-            kind: None,
+            kind: Some("veth".into()),
         }]
     );
 }
@@ -219,7 +219,7 @@ fn named_devices_are_taken_as_given_even_without_an_address() {
                 name: "eth0".into(),
                 ifindex: 2,
                 addresses: vec![ip([198, 18, 0, 10])],
-                kind: None,
+                kind: Some("veth".into()),
             },
             NetDevice {
                 name: "eth1".into(),
@@ -282,7 +282,7 @@ fn refresh_follows_addresses_and_re_created_devices() {
             name: "eth0".into(),
             ifindex: 9,
             addresses: vec![ip([198, 18, 0, 11])],
-            kind: None,
+            kind: Some("veth".into()),
         }
     );
 }
