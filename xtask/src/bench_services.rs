@@ -2,7 +2,9 @@
 //! iptables and nftables modes, on the same Services, in one run.
 //!
 //! A two-node simulated cluster: node-a holds the client pod and five
-//! backend pods, node-b five more; every backend runs `gp-http` on 8080.
+//! backend pods, node-b five more; every backend runs `gp-conn --serve` on
+//! 8080 (a fixed 200 per connection: a server that costs little, so the
+//! connection rate shows the path rather than the server).
 //! For each size N (1, 100, 1,000, 10,000 by default), N Services with the
 //! same 10 endpoints each (the ten backends) are written as manifests, and
 //! then, one mode at a time, on node-a only:
@@ -298,7 +300,6 @@ fn spawn_overhead(c: &Cluster) -> Result<Duration> {
 
 struct Tools {
     gp_conn: PathBuf,
-    gp_http: PathBuf,
     iptables_restore: &'static str,
 }
 
@@ -665,12 +666,10 @@ fn nftables_mode(
 fn start_servers(c: &Cluster, tools: &Tools) -> Result<Vec<Proc>> {
     let mut procs = Vec::new();
     for pod in backend_pods() {
-        let mut cmd = Command::new(&tools.gp_http);
-        cmd.arg("--listen")
-            .arg(format!("0.0.0.0:{HTTP_PORT}"))
-            .arg("--name")
-            .arg(pod)
-            .arg("--workers=1");
+        // A minimal responder, so that the server's own cost does not
+        // drown the datapath's in the connection rate.
+        let mut cmd = Command::new(&tools.gp_conn);
+        cmd.arg(format!("--serve=0.0.0.0:{HTTP_PORT}"));
         let mut p = c.spawn_in_pod(pod, cmd)?;
         p.wait_for_line(|l| l.contains("listening on"), Duration::from_secs(10))?;
         procs.push(p);
@@ -690,7 +689,6 @@ pub fn run(opts: &ServicesOptions) -> Result<Vec<ModeResult>> {
     let iptables_restore = restore_command(opts.iptables);
     let tools = Tools {
         gp_conn: target_binary("gp-conn")?,
-        gp_http: target_binary("gp-http")?,
         iptables_restore,
     };
     let mut nodes_a = vec![CLIENT_POD];
@@ -802,7 +800,7 @@ fn report(results: &[ModeResult], opts: &ServicesOptions, overhead: Duration) ->
     let _ = writeln!(out, "Machine: {}.  ", machine_summary());
     let _ = writeln!(
         out,
-        "Set-up: two simulated nodes (network namespaces); 10 backend pods (`gp-http`), 5 per node; each of N Services has those 10 endpoints; \
+        "Set-up: two simulated nodes (network namespaces); 10 backend pods (`gp-conn --serve`: a fixed 200 per connection), 5 per node; each of N Services has those 10 endpoints; \
          the client pod is on node-a and so is everything measured (gangplank agent, or kube-proxy's rules generated from the same manifests: \
          iptables via `{}`, nftables via `nft -f`). One mode at a time, conntrack flushed between runs. \
          `gp-conn`: {} concurrent clients, each a new TCP connection with one short HTTP request per iteration, round a sample of up to {SAMPLE} Services \

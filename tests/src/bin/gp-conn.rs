@@ -13,6 +13,9 @@
 //! servers, whose SYNs are then dropped and retried a second later,
 //! whatever the datapath.
 //!
+//! `--serve ADDR` is the matching server: it answers every connection
+//! with a fixed 200 and closes it.
+//!
 //! A connection's latency runs from `connect()` to the answer's last byte.
 //! A refused or timed-out connection, a short or non-2xx answer counts as
 //! an error. The result is one JSON object on stdout.
@@ -32,8 +35,17 @@ use serde::Serialize;
 #[command(about = "New TCP connection + short request per iteration, round the targets")]
 struct Args {
     /// Address to connect to (repeatable, or comma-separated).
-    #[arg(long = "target", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "target",
+        value_delimiter = ',',
+        required_unless_present = "serve"
+    )]
     targets: Vec<SocketAddr>,
+    /// Instead of the load: serve on this address, answering every
+    /// connection's first request with a fixed 200 and closing it (a
+    /// server that costs little, so that what is measured is the path).
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<SocketAddr>,
     /// Concurrent connections (one thread each).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -280,8 +292,46 @@ fn connect_cost(target: SocketAddr, n: u64) -> Result<ConnectCost> {
     })
 }
 
+/// `--serve`: one accept loop per CPU on a shared listener; each
+/// connection gets the fixed answer once its request headers are in.
+fn serve(addr: SocketAddr) -> Result<()> {
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
+    let listener = std::net::TcpListener::bind(addr)?;
+    println!("listening on {}", listener.local_addr()?);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let Ok((mut s, _)) = listener.accept() else {
+                    continue;
+                };
+                let mut buf = [0u8; 1024];
+                let mut seen = 0;
+                // Read until the end of the request headers (or EOF).
+                while let Ok(n) = s.read(&mut buf[seen..]) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen += n;
+                    if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") || seen == buf.len() {
+                        let _ = s.write_all(ANSWER);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(addr) = args.serve {
+        if let Err(e) = serve(addr) {
+            eprintln!("gp-conn: serve on {addr}: {e:#}");
+        }
+        return ExitCode::FAILURE;
+    }
     if let Some(n) = args.udp_connects {
         return match connect_cost(args.targets[0], n) {
             Ok(cost) => {
