@@ -84,11 +84,33 @@ pub fn touch(entry: *mut CtEntry, proto: u8, tcp_flags: u8, add_flags: u16, now:
 /// still exists): both entries of a flow then live and end together, so a
 /// reply entry (and its SNAT port) never outlives its flow, nor expires
 /// under a flow that only sends one way.
+///
+/// The entry counts only if it belongs to this flow: its translation must
+/// lead back to `packet` (the packet being handled, as it arrived): an
+/// entry taken over by a newer flow (see [`reclaimable`]) is left alone,
+/// and `false` says this flow has no peer any more, so that late packets
+/// of a finished flow neither feed the new one nor mark it closing.
 #[inline(always)]
-pub fn touch_peer(key: &CtKey, proto: u8, tcp_flags: u8, add_flags: u16, now: u32) -> bool {
+pub fn touch_peer(
+    key: &CtKey,
+    packet: &CtKey,
+    proto: u8,
+    tcp_flags: u8,
+    add_flags: u16,
+    now: u32,
+) -> bool {
     let Some((entry, _)) = lookup(key) else {
         return false;
     };
+    // SAFETY: pointer from a successful lookup, valid for this program run.
+    let e = unsafe { &*entry };
+    if e.new_saddr != packet.daddr
+        || e.new_daddr != packet.saddr
+        || e.new_sport != packet.dport
+        || e.new_dport != packet.sport
+    {
+        return false;
+    }
     let mut add = add_flags;
     if proto == PROTO_TCP {
         if tcp_flags & TCP_RST != 0 {

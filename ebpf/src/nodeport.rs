@@ -132,7 +132,7 @@ fn ingress_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
                     flow.proto,
                     dir,
                 );
-                conntrack::touch_peer(&peer, flow.proto, flow.tcp_flags, 0, now)
+                conntrack::touch_peer(&peer, &in_key, flow.proto, flow.tcp_flags, 0, now)
             };
             if peer_alive {
                 return forward_known(p, flow, &ct, ifindex);
@@ -168,7 +168,14 @@ fn ingress_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
                 flow.proto,
                 CT_DIR_IN,
             );
-            conntrack::touch_peer(&peer, flow.proto, flow.tcp_flags, CT_FLAG_SEEN_REPLY, now);
+            conntrack::touch_peer(
+                &peer,
+                &key,
+                flow.proto,
+                flow.tcp_flags,
+                CT_FLAG_SEEN_REPLY,
+                now,
+            );
             let rw = translation(&ct);
             if rewrite_flow(p, flow, &rw).is_none() {
                 return Verdict::Drop;
@@ -576,7 +583,14 @@ fn egress_flow<P: Packet>(p: &mut P, flow: &Flow) -> Verdict {
             flow.proto,
             CT_DIR_IN,
         );
-        conntrack::touch_peer(&peer, flow.proto, flow.tcp_flags, CT_FLAG_SEEN_REPLY, now);
+        conntrack::touch_peer(
+            &peer,
+            &key,
+            flow.proto,
+            flow.tcp_flags,
+            CT_FLAG_SEEN_REPLY,
+            now,
+        );
     }
     let rw = Rewrite {
         saddr: ct.new_saddr,
