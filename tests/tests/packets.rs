@@ -1232,6 +1232,65 @@ fn tcp_to_a_remote_backend_is_snat_redirected_and_replies_come_back() {
 // UDP and ICMP errors
 // ---------------------------------------------------------------------------
 
+/// A flow's SNAT port can be taken over by a newer flow once the first
+/// is closing (see `conntrack::reclaimable`). A late packet of the old
+/// flow (a retransmitted RST here) must then leave the new owner's reply
+/// entry alone: neither refresh it nor mark it closing, which would let
+/// the next SYN take the port from a live flow.
+#[test]
+fn late_packets_of_a_flow_leave_its_taken_over_snat_port_alone() {
+    let mut b = bench("pkt-takeover");
+    let np = sa(NODE_A, NP_REMOTE);
+    let backend = sa(POD_B1, TCP_TARGET);
+    let old_client = sa(CLIENT, 40100);
+    let case = "SYN of the old flow";
+    let snat = match b
+        .expect_nat(
+            case,
+            Prog::TcIn,
+            &syn(old_client, np).build(),
+            TC_ACT_REDIRECT,
+            false,
+        )
+        .and_then(|f| f.addrs())
+    {
+        Some((s, _)) => s,
+        None => return b.finish(),
+    };
+    // The port is now another flow's (as a takeover leaves it): its reply
+    // entry leads back to another client.
+    let new_client = sa(CLIENT, 40200);
+    let reply_key = ct_key(backend, snat, PROTO_TCP, CT_DIR_REPLY_SNAT);
+    let Some(mut taken) = b.ct(&reply_key) else {
+        b.fail(case, "no reply entry".into());
+        return b.finish();
+    };
+    taken.new_daddr = test_run::ip_key(*new_client.ip());
+    taken.new_dport = new_client.port().to_be();
+    taken.flags = CT_FLAG_SEEN_REPLY;
+    b.maps
+        .ct
+        .insert(reply_key, taken, 0)
+        .expect("handing the port to the new flow");
+
+    let case = "a late RST of the old flow";
+    let rst = Packet::tcp(old_client, np, TCP_RST | TCP_ACK).build();
+    if let Err(e) = b.run(Prog::TcIn, &rst) {
+        b.fail(case, format!("test run: {e}"));
+    }
+    match b.ct(&reply_key) {
+        Some(e) if e.flags & CT_FLAG_CLOSING == 0 && ct_view(&e).new_dst == new_client => {}
+        other => b.fail(
+            case,
+            format!(
+                "the new flow's reply entry was touched: {:?}",
+                other.map(|e| ct_view(&e))
+            ),
+        ),
+    }
+    b.finish();
+}
+
 #[test]
 fn udp_checksums_including_zero_survive_nat_and_icmp_errors_are_translated() {
     let mut b = bench("pkt-udp");
