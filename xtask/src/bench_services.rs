@@ -298,9 +298,14 @@ fn spawn_overhead(c: &Cluster) -> Result<Duration> {
     Ok(Duration::from_secs_f64(median(&runs)))
 }
 
+/// What every measurement uses.
 struct Tools {
     gp_conn: PathBuf,
     iptables_restore: &'static str,
+    /// Where rule files are written.
+    work: PathBuf,
+    /// Process start-up on node-a, subtracted from rule-applying runs.
+    overhead: Duration,
 }
 
 fn conntrack_flush(c: &Cluster) -> Result<()> {
@@ -538,59 +543,101 @@ fn changed_ports(
     out
 }
 
+/// How one kube-proxy mode is applied: the whole set, one endpoint change
+/// (the changed ports, the changed index, the port before), and the
+/// command that applies a file of either.
+struct RuleMode {
+    mode: Dataplane,
+    /// File names under the work directory: whole set, change.
+    files: [&'static str; 2],
+    whole: String,
+    change: fn(&[ProxiedPort], usize, &ProxiedPort) -> String,
+    /// The program that applies a file, and its arguments before the
+    /// file for the whole set and for a change.
+    program: &'static str,
+    args: [&'static [&'static str]; 2],
+    program_what: &'static str,
+    /// Rules (and map elements) in `whole`.
+    objects: usize,
+}
+
+impl RuleMode {
+    /// The command applying `file`: the whole set (0) or a change (1).
+    fn command(&self, file: &Path, which: usize) -> Command {
+        let mut cmd = Command::new(self.program);
+        cmd.args(self.args[which]).arg(file);
+        cmd
+    }
+}
+
+/// Applies `rm`'s whole set, measures it, times single-endpoint changes;
+/// the caller removes the rules afterwards.
+fn rules_mode(
+    c: &Cluster,
+    tools: &Tools,
+    opts: &ServicesOptions,
+    n: usize,
+    ports: &[ProxiedPort],
+    rm: &RuleMode,
+) -> Result<ModeResult> {
+    let (work, overhead) = (&tools.work, tools.overhead);
+    let file = work.join(rm.files[0]);
+    std::fs::write(&file, &rm.whole)?;
+    let took = run_on_node(c, rm.command(&file, 0), rm.program_what)?;
+    let program_ms = ms(took.saturating_sub(overhead));
+    let (cluster_ip, node_port, stream) = measure(c, tools, opts, rm.mode, n)?;
+    let index = ports
+        .iter()
+        .position(|p| p.service.name == "svc-00000")
+        .context("svc-00000 missing")?;
+    let mut current = ports.to_vec();
+    let mut change_ms = Vec::new();
+    for g in 1..=CHANGES {
+        let next = changed_ports(&current, index, g, c);
+        let file = work.join(rm.files[1]);
+        std::fs::write(&file, (rm.change)(&next, index, &current[index]))?;
+        let took = run_on_node(c, rm.command(&file, 1), "applying an endpoint change")?;
+        change_ms.push(ms(took.saturating_sub(overhead)));
+        current = next;
+    }
+    Ok(ModeResult {
+        services: n,
+        mode: rm.mode,
+        cluster_ip,
+        node_port,
+        stream_gbps: stream,
+        program_ms,
+        program_what: rm.program_what,
+        change_ms,
+        objects: rm.objects,
+        socket_lb: None,
+    })
+}
+
 fn iptables_mode(
     c: &Cluster,
     tools: &Tools,
     opts: &ServicesOptions,
     n: usize,
     ports: &[ProxiedPort],
-    work: &Path,
-    overhead: Duration,
 ) -> Result<ModeResult> {
-    let rules = kube_proxy::iptables_restore(ports, &ranges());
-    let file = work.join("iptables.rules");
-    std::fs::write(&file, &rules)?;
-    let mut cmd = Command::new(tools.iptables_restore);
-    cmd.arg(&file);
-    let took = run_on_node(c, cmd, "iptables-restore")?;
-    let program_ms = ms(took.saturating_sub(overhead));
-    let result = (|| {
-        let (cluster_ip, node_port, stream) = measure(c, tools, opts, Dataplane::Iptables, n)?;
-        let index = ports
-            .iter()
-            .position(|p| p.service.name == "svc-00000")
-            .context("svc-00000 missing")?;
-        let mut current = ports.to_vec();
-        let mut change_ms = Vec::new();
-        for g in 1..=CHANGES {
-            let next = changed_ports(&current, index, g, c);
-            let text =
-                kube_proxy::iptables_endpoint_change(&next, index, &current[index], &ranges());
-            let file = work.join("iptables-change.rules");
-            std::fs::write(&file, text)?;
-            let mut cmd = Command::new(tools.iptables_restore);
-            cmd.arg("--noflush").arg(&file);
-            change_ms.push(ms(
-                run_on_node(c, cmd, "iptables-restore --noflush")?.saturating_sub(overhead)
-            ));
-            current = next;
-        }
-        Ok(ModeResult {
-            services: n,
-            mode: Dataplane::Iptables,
-            cluster_ip,
-            node_port,
-            stream_gbps: stream,
-            program_ms,
-            program_what: "iptables-restore of the whole ruleset",
-            change_ms,
-            objects: rules.lines().filter(|l| l.starts_with("-A ")).count(),
-            socket_lb: None,
-        })
-    })();
+    let whole = kube_proxy::iptables_restore(ports, &ranges());
+    let rm = RuleMode {
+        mode: Dataplane::Iptables,
+        files: ["iptables.rules", "iptables-change.rules"],
+        objects: whole.lines().filter(|l| l.starts_with("-A ")).count(),
+        whole,
+        change: |ports, i, before| {
+            kube_proxy::iptables_endpoint_change(ports, i, before, &ranges())
+        },
+        program: tools.iptables_restore,
+        args: [&[], &["--noflush"]],
+        program_what: "iptables-restore of the whole ruleset",
+    };
+    let result = rules_mode(c, tools, opts, n, ports, &rm);
     // An empty restore leaves both tables without rules or chains; nft
     // flush then removes the tables themselves (nf_tables backend).
-    let empty = work.join("iptables-empty.rules");
+    let empty = tools.work.join("iptables-empty.rules");
     std::fs::write(&empty, "*filter\nCOMMIT\n*nat\nCOMMIT\n")?;
     let mut cmd = Command::new(tools.iptables_restore);
     cmd.arg(&empty);
@@ -610,52 +657,22 @@ fn nftables_mode(
     opts: &ServicesOptions,
     n: usize,
     ports: &[ProxiedPort],
-    work: &Path,
-    overhead: Duration,
 ) -> Result<ModeResult> {
-    let rules = kube_proxy::nft_ruleset(ports, &ranges());
-    let file = work.join("kube-proxy.nft");
-    std::fs::write(&file, &rules)?;
-    let mut cmd = Command::new("nft");
-    cmd.arg("-f").arg(&file);
-    let took = run_on_node(c, cmd, "nft -f")?;
-    let program_ms = ms(took.saturating_sub(overhead));
-    let result = (|| {
-        let (cluster_ip, node_port, stream) = measure(c, tools, opts, Dataplane::Nftables, n)?;
-        let index = ports
-            .iter()
-            .position(|p| p.service.name == "svc-00000")
-            .context("svc-00000 missing")?;
-        let mut current = ports.to_vec();
-        let mut change_ms = Vec::new();
-        for g in 1..=CHANGES {
-            let next = changed_ports(&current, index, g, c);
-            let text = kube_proxy::nft_endpoint_change(&next[index], &current[index], &ranges());
-            let file = work.join("kube-proxy-change.nft");
-            std::fs::write(&file, text)?;
-            let mut cmd = Command::new("nft");
-            cmd.arg("-f").arg(&file);
-            change_ms.push(ms(
-                run_on_node(c, cmd, "nft -f (change)")?.saturating_sub(overhead)
-            ));
-            current = next;
-        }
-        Ok(ModeResult {
-            services: n,
-            mode: Dataplane::Nftables,
-            cluster_ip,
-            node_port,
-            stream_gbps: stream,
-            program_ms,
-            program_what: "nft -f of the whole table",
-            change_ms,
-            objects: rules
-                .lines()
-                .filter(|l| l.starts_with("add rule") || l.starts_with("add element"))
-                .count(),
-            socket_lb: None,
-        })
-    })();
+    let whole = kube_proxy::nft_ruleset(ports, &ranges());
+    let rm = RuleMode {
+        mode: Dataplane::Nftables,
+        files: ["kube-proxy.nft", "kube-proxy-change.nft"],
+        objects: whole
+            .lines()
+            .filter(|l| l.starts_with("add rule") || l.starts_with("add element"))
+            .count(),
+        whole,
+        change: |ports, i, before| kube_proxy::nft_endpoint_change(&ports[i], before, &ranges()),
+        program: "nft",
+        args: [&["-f"], &["-f"]],
+        program_what: "nft -f of the whole table",
+    };
+    let result = rules_mode(c, tools, opts, n, ports, &rm);
     let mut cmd = Command::new("nft");
     cmd.args(["delete", "table", "ip", "kube-proxy"]);
     run_on_node(c, cmd, "nft delete table")?;
@@ -687,9 +704,13 @@ pub fn run(opts: &ServicesOptions) -> Result<Vec<ModeResult>> {
         bail!("--sizes: each between 1 and 30000");
     }
     let iptables_restore = restore_command(opts.iptables);
-    let tools = Tools {
+    let work = crate::root_dir().join("target/bench/services-work");
+    std::fs::create_dir_all(&work)?;
+    let mut tools = Tools {
         gp_conn: target_binary("gp-conn")?,
         iptables_restore,
+        work,
+        overhead: Duration::ZERO,
     };
     let mut nodes_a = vec![CLIENT_POD];
     nodes_a.extend(BACKENDS_A);
@@ -698,10 +719,9 @@ pub fn run(opts: &ServicesOptions) -> Result<Vec<ModeResult>> {
         &[("node-a", &nodes_a), ("node-b", &BACKENDS_B)],
     )
     .context("building the simulated cluster")?;
-    let work = crate::root_dir().join("target/bench/services-work");
-    std::fs::create_dir_all(&work)?;
     let _servers = start_servers(&c, &tools)?;
-    let overhead = spawn_overhead(&c)?;
+    tools.overhead = spawn_overhead(&c)?;
+    let overhead = tools.overhead;
     let mut results = Vec::new();
     for &n in &opts.sizes {
         write_manifests(&c, n)?;
@@ -718,8 +738,8 @@ pub fn run(opts: &ServicesOptions) -> Result<Vec<ModeResult>> {
         for &mode in &opts.dataplanes {
             let r = match mode {
                 Dataplane::Gangplank => gangplank_mode(&c, &tools, opts, n),
-                Dataplane::Iptables => iptables_mode(&c, &tools, opts, n, &ports, &work, overhead),
-                Dataplane::Nftables => nftables_mode(&c, &tools, opts, n, &ports, &work, overhead),
+                Dataplane::Iptables => iptables_mode(&c, &tools, opts, n, &ports),
+                Dataplane::Nftables => nftables_mode(&c, &tools, opts, n, &ports),
             }
             .with_context(|| format!("{} at {n} services", label(mode)))?;
             println!(
