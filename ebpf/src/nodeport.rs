@@ -309,15 +309,13 @@ fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
         // it, and this one is refused rather than steal its replies.
         if conntrack::insert(&reply_key, &reply, BPF_NOEXIST).is_none() {
             let syn = flow.is_tcp() && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            // (`reclaimable` covers an entry gone or expired meanwhile.)
             let take = conntrack::reclaimable(&reply_key, syn)
-                || match conntrack::lookup(&reply_key) {
-                    Some((old, _)) => {
-                        // SAFETY: pointer from a successful lookup.
-                        let old = unsafe { *old };
-                        old.new_saddr == reply.new_saddr && old.new_sport == reply.new_sport
-                    }
-                    None => true,
-                };
+                || conntrack::lookup(&reply_key).is_some_and(|(old, _)| {
+                    // SAFETY: pointer from a successful lookup.
+                    let old = unsafe { *old };
+                    old.new_saddr == reply.new_saddr && old.new_sport == reply.new_sport
+                });
             if !take || conntrack::insert(&reply_key, &reply, 0).is_none() {
                 return Verdict::Drop;
             }
@@ -416,7 +414,8 @@ fn new_flow<P: Forward>(p: &mut P, flow: &Flow, ifindex: u32) -> Verdict {
         attempt += 1;
     }
     if snat_port == 0 {
-        // Sixteen ports taken by live flows: the range is nearly exhausted
+        // Sixteen candidate ports all held by live flows (each tried free,
+        // then reclaimable): the range is nearly exhausted
         // for this backend. Dropping lets the client retry with a new port.
         return Verdict::Drop;
     }
