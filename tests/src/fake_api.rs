@@ -110,7 +110,7 @@ impl FakeApi {
     ) -> Result<FakeApi> {
         let bind_ip = netns.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |(_, ip)| ip);
         let ns = netns
-            .map(|(ns, _)| crate::sys::open_netns(ns))
+            .map(|(ns, _)| gangplank_sim::sys::open_netns(ns))
             .transpose()?;
         let shared = Arc::new(Shared {
             store: Mutex::default(),
@@ -135,7 +135,8 @@ impl FakeApi {
             .spawn(move || {
                 let bound = (|| -> Result<(std::net::TcpListener, SocketAddr)> {
                     if let Some(ns) = &ns {
-                        crate::sys::setns_net(ns).context("entering the network namespace")?;
+                        gangplank_sim::sys::setns_net(ns)
+                            .context("entering the network namespace")?;
                     }
                     let listener = std::net::TcpListener::bind((bind_ip, 0))
                         .context("binding the fake API server")?;

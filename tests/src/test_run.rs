@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError};
 use gangplank_common::*;
 
@@ -185,40 +185,7 @@ pub fn run(prog: BorrowedFd<'_>, data: &[u8], ctx: Ctx, repeat: u32) -> io::Resu
     })
 }
 
-/// Runs `f` on a fresh thread that has entered the network namespace
-/// `netns` (a name under /run/netns), so BPF_PROG_TEST_RUN resolves
-/// `ifindex` in the context and FIB lookups against that namespace, and
-/// returns its result.
-pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let ns = crate::sys::open_netns(netns)?;
-    std::thread::scope(|s| {
-        s.spawn(move || -> Result<T> {
-            crate::sys::setns_net(&ns).with_context(|| format!("entering netns {netns}"))?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|p| match p.downcast::<String>() {
-            Ok(s) => anyhow!("thread in netns {netns} panicked: {s}"),
-            Err(p) => match p.downcast::<&str>() {
-                Ok(s) => anyhow!("thread in netns {netns} panicked: {s}"),
-                Err(_) => anyhow!("thread in netns {netns} panicked"),
-            },
-        })?
-    })
-}
-
-/// `ifindex` of interface `name` in network namespace `netns`.
-pub fn ifindex_in(netns: &str, name: &str) -> Result<u32> {
-    let cname = std::ffi::CString::new(name)?;
-    let idx = in_netns(netns, || {
-        // SAFETY: valid NUL-terminated name.
-        unsafe { libc::if_nametoindex(cname.as_ptr()) }
-    })?;
-    if idx == 0 {
-        bail!("no interface {name} in netns {netns}");
-    }
-    Ok(idx)
-}
+pub use gangplank_sim::sys::{ifindex_in, in_netns};
 
 /// The MAC address of interface `iface` in network namespace `netns`
 /// (from `ip -j link show`).

@@ -620,7 +620,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Err(e) = kill_and_reap(&self.child) {
-            eprintln!("gangplank-tests: {}: kill on drop failed: {e}", self.label);
+            eprintln!("gangplank-sim: {}: kill on drop failed: {e}", self.label);
         }
     }
 }

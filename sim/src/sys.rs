@@ -110,7 +110,7 @@ pub(crate) fn netns_path(name: &str) -> PathBuf {
 }
 
 /// Opens a named network namespace (O_CLOEXEC, as std always does).
-pub(crate) fn open_netns(name: &str) -> Result<File> {
+pub fn open_netns(name: &str) -> Result<File> {
     let path = netns_path(name);
     File::open(&path).with_context(|| format!("opening network namespace {}", path.display()))
 }
@@ -119,7 +119,7 @@ pub(crate) fn open_netns(name: &str) -> Result<File> {
 ///
 /// Network namespaces are per task, so this only affects the current thread;
 /// callers use a short-lived dedicated thread.
-pub(crate) fn setns_net(ns: &File) -> io::Result<()> {
+pub fn setns_net(ns: &File) -> io::Result<()> {
     // SAFETY: plain syscall on a valid, open fd.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error());
@@ -377,6 +377,41 @@ pub(crate) fn dir_names(dir: &Path) -> Result<Vec<OsString>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("listing {}", dir.display())),
     }
+}
+
+/// Runs `f` on a fresh thread that has entered the network namespace
+/// `netns` (a name under /run/netns), so BPF_PROG_TEST_RUN resolves
+/// `ifindex` in the context and FIB lookups against that namespace, and
+/// returns its result.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let ns = open_netns(netns)?;
+    std::thread::scope(|s| {
+        s.spawn(move || -> Result<T> {
+            setns_net(&ns).with_context(|| format!("entering netns {netns}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|p| match p.downcast::<String>() {
+            Ok(s) => anyhow!("thread in netns {netns} panicked: {s}"),
+            Err(p) => match p.downcast::<&str>() {
+                Ok(s) => anyhow!("thread in netns {netns} panicked: {s}"),
+                Err(_) => anyhow!("thread in netns {netns} panicked"),
+            },
+        })?
+    })
+}
+
+/// `ifindex` of interface `name` in network namespace `netns`.
+pub fn ifindex_in(netns: &str, name: &str) -> Result<u32> {
+    let cname = std::ffi::CString::new(name)?;
+    let idx = in_netns(netns, || {
+        // SAFETY: valid NUL-terminated name.
+        unsafe { libc::if_nametoindex(cname.as_ptr()) }
+    })?;
+    if idx == 0 {
+        bail!("no interface {name} in netns {netns}");
+    }
+    Ok(idx)
 }
 
 #[cfg(test)]

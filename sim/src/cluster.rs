@@ -751,7 +751,7 @@ impl Cluster {
             Some(ns) => ns,
             None => bail!("{name} has no network namespace"),
         };
-        crate::test_run::ifindex_in(&netns, iface)
+        crate::sys::ifindex_in(&netns, iface)
     }
 
     // -- gp-probe -----------------------------------------------------------
@@ -889,7 +889,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for e in self.teardown() {
-            eprintln!("gangplank-tests: cleaning up cluster {}: {e:#}", self.id);
+            eprintln!("gangplank-sim: cleaning up cluster {}: {e:#}", self.id);
         }
         lock(&LIVE).remove(&self.id);
     }
