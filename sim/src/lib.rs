@@ -23,8 +23,10 @@ use std::sync::{Mutex, OnceLock};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod agent;
+pub mod bench_options;
 pub mod cluster;
 pub mod manifests;
+pub mod measure;
 pub mod probe;
 pub mod process;
 mod sweep;

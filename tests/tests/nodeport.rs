@@ -834,9 +834,10 @@ fn snat_ports_of_closed_flows_are_reused() {
         &["pod-b1"],
         AgentOpts::lan(),
     );
-    let gp_conn = gangplank_tests::target_binary("gp-conn").expect("gp-conn built");
-    let mut cmd = std::process::Command::new(gp_conn);
-    cmd.arg(format!("--target={}:{NP_TCP}", env.node_ip("node-a")))
+    // The benchmark's load generator.
+    let mut cmd = gangplank_tests::agent::gangplank_cmd().expect("gangplank built");
+    cmd.arg("bench-conn")
+        .arg(format!("--target={}:{NP_TCP}", env.node_ip("node-a")))
         .args([
             "--count=6000",
             "--concurrency=8",
@@ -846,9 +847,9 @@ fn snat_ports_of_closed_flows_are_reused() {
     let out = env
         .c
         .run_in_client(cmd, Duration::from_secs(180))
-        .expect("gp-conn");
+        .expect("bench-conn");
     let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("gp-conn: {e}: {out:?}"));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bench-conn: {e}: {out:?}"));
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["connections"], 6000, "{report}");
 }

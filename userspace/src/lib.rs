@@ -1,6 +1,7 @@
 //! gangplank agent library: Kubernetes Services and EndpointSlices in,
 //! eBPF load-balancer maps out (source → model → dataplane).
 pub mod agent;
+pub mod bench;
 pub mod dataplane;
 pub mod devices;
 pub mod health;

@@ -50,6 +50,16 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Measure this machine: build a simulated cluster (network namespaces
+    /// with no route out), and compare gangplank with the rules kube-proxy
+    /// would write (iptables and nftables modes) for 1 to 10,000 Services:
+    /// ClusterIP and NodePort connection rate and latency, one stream's
+    /// throughput, programming time. Needs root; leaves nothing behind.
+    Bench(BenchArgs),
+    /// (internal) the benchmark's load generator and backend server, run
+    /// inside the simulated pods.
+    #[command(name = "bench-conn", hide = true)]
+    BenchConn(gangplank::bench::conn::ConnArgs),
     /// Detach every gangplank program and remove its pinned maps.
     Uninstall {
         /// Also detach gangplank links at this cgroup that have no pin (for
@@ -111,6 +121,16 @@ struct AgentArgs {
     /// Seconds between conntrack garbage collection passes.
     #[arg(long, default_value_t = 30)]
     ct_gc_interval: u64,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    services: gangplank::bench::ServicesOptions,
+    /// Directory for the report (services.md), its data (services.json)
+    /// and the plots.
+    #[arg(long, default_value = "gangplank-bench")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -229,6 +249,18 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => {
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            // The simulated nodes run this very binary as their agent.
+            let exe = std::env::current_exe().context("locating the gangplank binary")?;
+            gangplank_sim::use_binary("gangplank", exe);
+            // Clusters of earlier runs that were killed.
+            gangplank_sim::sweep_stale()?;
+            gangplank::bench::services::run(&args.services, &args.out)?;
+            Ok(())
+        }
+        Command::BenchConn(args) => gangplank::bench::conn::run(&args),
         Command::Uninstall { cgroup, bpffs } => {
             preflight::require_root()?;
             let removed = dataplane::loader::uninstall(&bpffs)?;

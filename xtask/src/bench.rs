@@ -14,13 +14,15 @@
 //! (see `bench_packets`).
 //!
 //! Services: gangplank against kube-proxy's iptables and nftables modes on
-//! the same Services, 1 to 10,000 of them (see `bench_services`).
+//! the same Services, 1 to 10,000 of them: `gangplank bench` of the
+//! release build (gangplank::bench), run from here.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use gangplank_sim::measure::field;
 use gangplank_tests::agent::gangplank_cmd;
 use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
 use gangplank_tests::Cluster;
@@ -48,14 +50,28 @@ pub fn run(opts: Options) -> Result<()> {
         })?;
     }
     if all || part == Some(Part::Services) {
-        crate::bench_services::run(&opts.service_bench)?;
+        services(&opts.service_bench)?;
     }
     Ok(())
 }
 
-pub(crate) fn vip(i: usize) -> Ipv4Addr {
-    // 198.18.128.0/17 holds 32k service addresses.
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 0)) + i as u32)
+/// `gangplank bench` of the release build, writing into target/bench: the
+/// benchmark users run on their nodes is the one measured here.
+fn services(opts: &crate::bench_options::ServicesOptions) -> Result<()> {
+    let mut cmd = gangplank_cmd()?;
+    cmd.arg("bench")
+        .arg("--out")
+        .arg(crate::root_dir().join("target/bench"))
+        .args(opts.to_args());
+    let status = cmd.status().context("running gangplank bench")?;
+    if !status.success() {
+        bail!("gangplank bench failed ({status})");
+    }
+    Ok(())
+}
+
+fn vip(i: usize) -> Ipv4Addr {
+    gangplank_sim::measure::service_ip(i)
 }
 
 fn endpoint_ip(i: usize) -> Ipv4Addr {
@@ -118,13 +134,6 @@ pub(crate) fn start_synced_agent(
         bail!("expected {services} frontends, agent reports: {line}");
     }
     Ok((agent, line, wall))
-}
-
-/// `key=value` from a tracing line.
-pub(crate) fn field(line: &str, key: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.trim_matches('"').parse().ok())
 }
 
 pub(crate) fn rss_kib(pid: u32, key: &str) -> Result<u64> {

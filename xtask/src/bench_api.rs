@@ -12,10 +12,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use gangplank_sim::measure::field;
 use gangplank_tests::fake_api::FakeApi;
 use gangplank_tests::Cluster;
 
-use crate::bench::{docs, field, rss_kib, start_synced_agent};
+use crate::bench::{docs, rss_kib, start_synced_agent};
 use crate::bench_options::Options;
 
 pub fn run(opts: &Options) -> Result<()> {

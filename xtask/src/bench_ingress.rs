@@ -21,7 +21,6 @@
 
 mod configs;
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -32,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use gangplank_sim::measure::{machine, median};
 use serde_json::{json, Value};
 
 use crate::bench_options::{IngressOptions, LoadMode, Proxy};
@@ -805,41 +805,6 @@ impl Drop for KillOnDrop {
 }
 
 /// Median of `v` (mean of the middle two for an even count).
-pub(crate) fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
-}
-
-pub(crate) fn machine() -> BTreeMap<&'static str, String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let mut m = BTreeMap::new();
-    m.insert(
-        "cpus",
-        std::thread::available_parallelism()
-            .map(|n| n.to_string())
-            .unwrap_or_default(),
-    );
-    m.insert("cpu_model", model);
-    m.insert(
-        "kernel",
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-    );
-    m
-}
-
 fn gangplank_version() -> String {
     let out = |args: &[&str]| {
         Command::new("git")

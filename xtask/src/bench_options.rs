@@ -22,78 +22,7 @@ pub enum Part {
     Services,
 }
 
-/// A datapath of the Services benchmark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dataplane {
-    /// gangplank's agent (socket LB, tc NodePort datapath).
-    Gangplank,
-    /// The rules kube-proxy's iptables mode writes.
-    Iptables,
-    /// The table kube-proxy's nftables mode writes.
-    Nftables,
-}
-
-/// Which iptables kube-proxy's iptables mode is measured with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum IptablesBackend {
-    /// iptables-nft (Debian's and most current distributions' default).
-    Nft,
-    /// iptables-legacy (x_tables).
-    Legacy,
-}
-
-/// The Services benchmark's options.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServicesOptions {
-    /// Services: numbers of Services to measure at (10 endpoints each).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 100, 1_000, 10_000])]
-    pub sizes: Vec<usize>,
-    /// Services: runs per size, datapath and path (the report gives the median).
-    #[arg(long, default_value_t = 3)]
-    pub conn_repeats: usize,
-    /// Services: measured seconds per run (after a 0.5 s warm-up).
-    #[arg(long, default_value_t = 2.0)]
-    pub conn_duration: f64,
-    /// Services: concurrent client connections.
-    #[arg(long, default_value_t = 8)]
-    pub conn_concurrency: usize,
-    /// Services: datapaths to compare (default: all three).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Dataplane::Gangplank, Dataplane::Iptables, Dataplane::Nftables])]
-    pub dataplanes: Vec<Dataplane>,
-    /// Services: the iptables kube-proxy's iptables mode uses.
-    #[arg(long, value_enum, default_value_t = IptablesBackend::Nft)]
-    pub iptables: IptablesBackend,
-}
-
-impl ServicesOptions {
-    /// The options as command-line arguments.
-    pub fn to_args(&self) -> Vec<String> {
-        let join = |v: Vec<String>| v.join(",");
-        vec![
-            format!(
-                "--sizes={}",
-                join(self.sizes.iter().map(|n| n.to_string()).collect())
-            ),
-            format!("--conn-repeats={}", self.conn_repeats),
-            format!("--conn-duration={}", self.conn_duration),
-            format!("--conn-concurrency={}", self.conn_concurrency),
-            format!(
-                "--dataplanes={}",
-                join(
-                    self.dataplanes
-                        .iter()
-                        .map(|d| format!("{d:?}").to_lowercase())
-                        .collect()
-                )
-            ),
-            format!(
-                "--iptables={}",
-                format!("{:?}", self.iptables).to_lowercase()
-            ),
-        ]
-    }
-}
+pub use gangplank_sim::bench_options::ServicesOptions;
 
 /// A proxy of the Ingress benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -551,23 +551,6 @@ impl Rig<'_> {
     }
 }
 
-/// The machine, for the report.
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    format!("{cpus} CPUs ({cpu}), kernel {kernel}")
-}
-
 fn medians(v: &[Stat]) -> Vec<f64> {
     v.iter().map(|s| s.median).collect()
 }
@@ -637,7 +620,7 @@ fn report(samples: &[Samples], opts: &Options, elapsed: Duration) -> String {
         md,
         "\nMachine: {}. Command: `cargo xtask bench --only packets` (or `cargo xtask bench` \
          for both parts); this part took {:.1} s.",
-        machine(),
+        gangplank_sim::measure::machine_summary(),
         elapsed.as_secs_f64()
     );
     md

@@ -11,10 +11,6 @@ mod bench_options;
 #[cfg(feature = "harness")]
 mod bench_packets;
 #[cfg(feature = "harness")]
-mod bench_plot;
-#[cfg(feature = "harness")]
-mod bench_services;
-#[cfg(feature = "harness")]
 mod demo;
 mod setup;
 
@@ -144,12 +140,8 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(opts) => {
             setup::setup()?;
-            match opts.selected() {
-                Some(bench_options::Part::Ingress) => setup::install_ingress_bench_packages()?,
-                None | Some(bench_options::Part::Services) => {
-                    setup::install_services_bench_packages()?
-                }
-                _ => {}
+            if opts.selected() == Some(bench_options::Part::Ingress) {
+                setup::install_ingress_bench_packages()?;
             }
             // Benchmarks measure the optimised build: run the bench from a
             // release xtask so that it finds the release agent next to it.

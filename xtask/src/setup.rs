@@ -18,9 +18,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     // kube-proxy's rules, which the Services benchmark compares with, are
-    // checked end to end by the tests (tests/tests/kube_proxy_rules.rs).
+    // checked end to end by the tests (tests/tests/kube_proxy_rules.rs),
+    // and `gangplank bench` runs in them (tests/tests/bench.rs) with the
+    // stream client and server and conntrack flushing between runs.
     ("iptables-nft-restore", "iptables"),
     ("nft", "nftables"),
+    ("iperf3", "iperf3"),
+    ("conntrack", "conntrack"),
 ];
 
 /// What `cargo xtask bench ingress` compares gangplank-ingress with, and
@@ -31,19 +35,9 @@ const INGRESS_BENCH_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
 ];
 
-/// What the Services benchmark compares gangplank with (kube-proxy's
-/// iptables and nftables modes need these tools), the stream-throughput
-/// client and server, and conntrack flushing between runs (the plots' font
-/// is checked by its path).
-const SERVICES_BENCH_PACKAGES: &[(&str, &str)] = &[
-    ("iptables-nft-restore", "iptables"),
-    ("nft", "nftables"),
-    ("iperf3", "iperf3"),
-    ("conntrack", "conntrack"),
-];
-
-/// The TrueType font the plots are drawn with (fonts-dejavu-core).
-pub const PLOT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// The TrueType font the benchmark's plots are drawn with
+/// (fonts-dejavu-core; `gangplank bench` looks for it at this path first).
+const PLOT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// Debian's hook that tells package scripts whether they may start
 /// services (exit 101: no). See /usr/share/doc/init-system-helpers/README.policy-rc.d.gz.
@@ -51,6 +45,7 @@ const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn setup() -> Result<()> {
     install_packages(PACKAGES)?;
+    install_plot_font()?;
     install_rust_src()?;
     install_bpf_linker()?;
     check_kernel()?;
@@ -102,9 +97,9 @@ pub fn install_ingress_bench_packages() -> Result<()> {
     result
 }
 
-/// Installs what the Services benchmark runs (see `SERVICES_BENCH_PACKAGES`).
-pub fn install_services_bench_packages() -> Result<()> {
-    install_packages(SERVICES_BENCH_PACKAGES)?;
+/// Installs the plots' font (a file, so not in `PACKAGES`, which are
+/// checked by command).
+fn install_plot_font() -> Result<()> {
     if !Path::new(PLOT_FONT).exists() {
         check_root()?;
         run(Command::new("apt-get")

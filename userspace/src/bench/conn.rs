@@ -1,5 +1,5 @@
-//! gp-conn: new-connection load generator for the Service benchmark
-//! (`cargo xtask bench --only services`).
+//! New-connection load for the Services benchmark: `gangplank bench-conn`
+//! (hidden), which the benchmark runs inside the simulated pods.
 //!
 //! `--concurrency` threads each open a TCP connection, send one short
 //! HTTP/1.1 request with `Connection: close`, read the answer to its end
@@ -18,22 +18,21 @@
 //!
 //! A connection's latency runs from `connect()` to the answer's last byte.
 //! A refused or timed-out connection, a short or non-2xx answer counts as
-//! an error. The result is one JSON object on stdout.
+//! an error. The result is one JSON object on stdout ([`Report`]).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use clap::Parser;
-use serde::Serialize;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 
-#[derive(Parser)]
-#[command(about = "New TCP connection + short request per iteration, round the targets")]
-struct Args {
+/// `gangplank bench-conn`: a new TCP connection and a short request per
+/// iteration, round the targets.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConnArgs {
     /// Address to connect to (repeatable, or comma-separated).
     #[arg(
         long = "target",
@@ -70,25 +69,32 @@ struct Args {
     timeout_ms: u64,
 }
 
-#[derive(Serialize)]
-struct Report {
-    targets: usize,
-    concurrency: usize,
-    duration_s: f64,
+/// The result of one load run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Targets walked round.
+    pub targets: usize,
+    /// Concurrent connections.
+    pub concurrency: usize,
+    /// The measured window, in seconds.
+    pub duration_s: f64,
     /// Connections completed (answer read) in the measured window.
-    connections: u64,
+    pub connections: u64,
     /// Failed connections in the window.
-    errors: u64,
+    pub errors: u64,
     /// `connections / duration_s` (the measured window: `--duration`, or
     /// less when `--count` ended it).
-    rate: f64,
-    /// Latency of completed connections, in microseconds.
-    p50_us: f64,
-    p90_us: f64,
-    p99_us: f64,
-    max_us: f64,
+    pub rate: f64,
+    /// Median latency of completed connections, in microseconds.
+    pub p50_us: f64,
+    /// 90th percentile, in microseconds.
+    pub p90_us: f64,
+    /// 99th percentile, in microseconds.
+    pub p99_us: f64,
+    /// The slowest, in microseconds.
+    pub max_us: f64,
     /// Errors by kind ("connect: Connection refused", "status 503", ...).
-    error_kinds: BTreeMap<String, u64>,
+    pub error_kinds: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -209,7 +215,10 @@ fn quantile_us(sorted: &[u64], q: f64) -> f64 {
     (sorted[rank - 1] as f64 / 100.0).round() / 10.0
 }
 
-fn run(args: Args) -> Result<Report> {
+fn load(args: &ConnArgs) -> Result<Report> {
+    if args.targets.is_empty() {
+        bail!("no --target");
+    }
     if args.concurrency == 0 || args.duration <= 0.0 || args.warmup < 0.0 {
         bail!("--concurrency and --duration must be positive, --warmup not negative");
     }
@@ -265,13 +274,15 @@ fn run(args: Args) -> Result<Report> {
 }
 
 /// `--udp-connects`: the result line.
-#[derive(Serialize)]
-struct ConnectCost {
-    connects: u64,
-    ns_per_connect: f64,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConnectCost {
+    /// Calls timed.
+    pub connects: u64,
+    /// Nanoseconds per call.
+    pub ns_per_connect: f64,
     /// The socket's peer as `getpeername` shows it (gangplank's socket LB
     /// shows the cluster IP, not the endpoint it connected to).
-    peer: String,
+    pub peer: String,
 }
 
 fn connect_cost(target: SocketAddr, n: u64) -> Result<ConnectCost> {
@@ -294,10 +305,16 @@ fn connect_cost(target: SocketAddr, n: u64) -> Result<ConnectCost> {
 
 /// `--serve`: one accept loop per CPU on a shared listener; each
 /// connection gets the fixed answer once its request headers are in.
+/// Runs until the process ends.
 fn serve(addr: SocketAddr) -> Result<()> {
-    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
-    let listener = std::net::TcpListener::bind(addr)?;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     println!("listening on {}", listener.local_addr()?);
+    serve_on(&listener);
+    Ok(())
+}
+
+fn serve_on(listener: &std::net::TcpListener) {
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -321,43 +338,87 @@ fn serve(addr: SocketAddr) -> Result<()> {
             });
         }
     });
+}
+
+/// Runs `gangplank bench-conn`: serves, times `connect()`, or runs the
+/// load and prints its [`Report`] as one JSON line.
+pub fn run(args: &ConnArgs) -> Result<()> {
+    if let Some(addr) = args.serve {
+        return serve(addr);
+    }
+    let first = *args.targets.first().context("no --target")?;
+    if let Some(n) = args.udp_connects {
+        let cost = connect_cost(first, n).with_context(|| format!("UDP connect() to {first}"))?;
+        println!("{}", serde_json::to_string(&cost)?);
+        return Ok(());
+    }
+    println!("{}", serde_json::to_string(&load(args)?)?);
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Some(addr) = args.serve {
-        if let Err(e) = serve(addr) {
-            eprintln!("gp-conn: serve on {addr}: {e:#}");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(targets: Vec<SocketAddr>) -> ConnArgs {
+        ConnArgs {
+            targets,
+            serve: None,
+            concurrency: 2,
+            duration: 10.0,
+            warmup: 0.0,
+            count: 40,
+            udp_connects: None,
+            timeout_ms: 2000,
         }
-        return ExitCode::FAILURE;
     }
-    if let Some(n) = args.udp_connects {
-        return match connect_cost(args.targets[0], n) {
-            Ok(cost) => {
-                println!("{}", serde_json::to_string(&cost).unwrap_or_default());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("gp-conn: connect to {}: {e:#}", args.targets[0]);
-                ExitCode::FAILURE
-            }
-        };
+
+    /// The load against its own server: every connection answered, and
+    /// `--count` ends the run.
+    #[test]
+    fn load_against_the_server_counts_connections() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The server runs for the rest of the test process.
+        std::thread::spawn(move || serve_on(&listener));
+        let report = load(&args(vec![addr])).expect("load");
+        assert_eq!(report.errors, 0, "{:?}", report.error_kinds);
+        assert!(
+            (40..=42).contains(&report.connections),
+            "{}",
+            report.connections
+        );
+        assert!(report.p50_us > 0.0 && report.p50_us <= report.p99_us);
     }
-    match run(args) {
-        Ok(report) => match serde_json::to_string(&report) {
-            Ok(line) => {
-                println!("{line}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("gp-conn: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(e) => {
-            eprintln!("gp-conn: {e:#}");
-            ExitCode::FAILURE
-        }
+
+    /// Refused connections are errors named by their target.
+    #[test]
+    fn refused_connections_are_errors_by_target() {
+        // A port just freed: nothing listens there.
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let good = listener.local_addr().expect("addr");
+        std::thread::spawn(move || serve_on(&listener));
+        let report = load(&args(vec![good, free])).expect("load");
+        assert!(report.connections > 0);
+        let kind = format!("{free}: connect: ");
+        let refused: u64 = report
+            .error_kinds
+            .iter()
+            .filter(|(k, _)| k.starts_with(&kind))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(refused > 0, "{:?}", report.error_kinds);
+        assert_eq!(refused, report.errors, "{:?}", report.error_kinds);
+    }
+
+    #[test]
+    fn connect_cost_is_timed() {
+        let cost = connect_cost("127.0.0.1:9".parse().expect("addr"), 100).expect("connect");
+        assert_eq!(cost.connects, 100);
+        assert!(cost.ns_per_connect > 0.0);
+        assert_eq!(cost.peer, "127.0.0.1:9");
     }
 }

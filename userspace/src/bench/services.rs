@@ -1,8 +1,10 @@
-//! `cargo xtask bench --only services`: gangplank against kube-proxy's
-//! iptables and nftables modes, on the same Services, in one run.
+//! `gangplank bench` (and `cargo xtask bench --only services`, which runs
+//! it): gangplank against kube-proxy's iptables and nftables modes, on the
+//! same Services, in one run, on a simulated cluster built on this machine.
 //!
 //! A two-node simulated cluster: node-a holds the client pod and five
-//! backend pods, node-b five more; every backend runs `gp-conn --serve` on
+//! backend pods, node-b five more; every backend runs `gangplank bench-conn
+//! --serve` on
 //! 8080 (a fixed 200 per connection: a server that costs little, so the
 //! connection rate shows the path rather than the server).
 //! For each size N (1, 100, 1,000, 10,000 by default), N Services with the
@@ -20,7 +22,7 @@
 //! Each mode is measured with nothing of the others in place (conntrack is
 //! flushed between modes). Measured, `--repeats` times each:
 //!
-//! - ClusterIP from the client pod: `gp-conn` opens connections to the
+//! - ClusterIP from the client pod: `gangplank bench-conn` opens connections to the
 //!   cluster IPs of a sample of up to 32 Services spread through the set
 //!   (a short HTTP exchange each), giving connections/s and p50/p99;
 //! - NodePort from the client namespace: the same to node-a's address, at
@@ -33,8 +35,13 @@
 //!   `iptables-restore --noflush` of what kube-proxy's partial sync writes;
 //!   `nft -f` of its incremental transaction).
 //!
-//! Output: `target/bench/services.md` (also printed), `services.json` and
-//! PNG plots next to them (see `bench_plot`).
+//! Output, in the directory given: `services.md` (also printed),
+//! `services.json` and PNG plots (see `plot`).
+//!
+//! A kube-proxy mode is measured only where its tools are installed
+//! (`iptables-restore` or `nft`, and `conntrack`), the stream only where
+//! iperf3 is, so that the benchmark runs on any node; what is left out is
+//! said.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -43,15 +50,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use gangplank::kube_proxy::{self, ClusterRanges, ProxiedPort};
-use gangplank_tests::agent::{Agent, AgentOpts};
-use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
-use gangplank_tests::{target_binary, Cluster, Proc};
-use serde::{Deserialize, Serialize};
+use gangplank_sim::agent::{Agent, AgentOpts};
+use gangplank_sim::bench_options::{Dataplane, IptablesBackend, ServicesOptions};
+use gangplank_sim::manifests::{self, Endpoint, EndpointSlice, Service, Target};
+use gangplank_sim::measure::{field, machine_summary, median, service_ip};
+use gangplank_sim::{target_binary, Cluster, Proc};
+use serde::Serialize;
 
-use crate::bench_ingress::median;
-use crate::bench_options::{Dataplane, IptablesBackend, ServicesOptions};
-use crate::bench_plot;
+use super::conn;
+use super::plot;
+use crate::kube_proxy::{self, ClusterRanges, ProxiedPort};
 
 const CLIENT_POD: &str = "pod-client";
 const BACKENDS_A: [&str; 5] = ["be-a1", "be-a2", "be-a3", "be-a4", "be-a5"];
@@ -72,35 +80,8 @@ const CLUSTER_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 0, 0), 16);
 /// The cluster IPs' range (`bench::vip`).
 const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
 
-/// The name shown in reports.
-pub fn label(d: Dataplane) -> &'static str {
-    match d {
-        Dataplane::Gangplank => "gangplank",
-        Dataplane::Iptables => "kube-proxy iptables",
-        Dataplane::Nftables => "kube-proxy nftables",
-    }
-}
-
-/// The restore command of an iptables backend.
-fn restore_command(backend: IptablesBackend) -> &'static str {
-    match backend {
-        IptablesBackend::Nft => "iptables-nft-restore",
-        IptablesBackend::Legacy => "iptables-legacy-restore",
-    }
-}
-
-/// One `gp-conn` run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ConnRun {
-    pub connections: u64,
-    pub errors: u64,
-    pub rate: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub max_us: f64,
-    #[serde(default)]
-    pub error_kinds: std::collections::BTreeMap<String, u64>,
-}
+/// One load run.
+pub type ConnRun = conn::Report;
 
 /// Picks one path's runs out of a result.
 pub type RunsOf = fn(&ModeResult) -> &[ConnRun];
@@ -138,21 +119,25 @@ pub struct SocketLbCost {
     pub without_hook_ns: f64,
 }
 
-/// One `gp-conn --udp-connects` run: ns per call.
+/// One `bench-conn --udp-connects` run: ns per call.
 fn udp_connect_ns(c: &Cluster, tools: &Tools, from: &str, target: SocketAddr) -> Result<f64> {
-    let mut cmd = Command::new(&tools.gp_conn);
+    let mut cmd = tools.conn_cmd();
     cmd.arg(format!("--target={target}"))
         .arg("--udp-connects=200000");
     let out = c.run_in(from, cmd, Duration::from_secs(60))?;
     if !out.status.success() {
         bail!(
-            "gp-conn --udp-connects from {from}: {}",
+            "bench-conn --udp-connects from {from}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("gp-conn output {:?}", String::from_utf8_lossy(&out.stdout)))?;
-    v["ns_per_connect"].as_f64().context("no ns_per_connect")
+    let cost: conn::ConnectCost = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "bench-conn output {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    Ok(cost.ns_per_connect)
 }
 
 fn socket_lb_cost(c: &Cluster, tools: &Tools) -> Result<SocketLbCost> {
@@ -184,7 +169,7 @@ fn backend_pods() -> impl Iterator<Item = &'static str> {
 }
 
 fn vip(i: usize) -> Ipv4Addr {
-    crate::bench::vip(i)
+    service_ip(i)
 }
 
 /// The Services measured at size `n`: up to [`SAMPLE`] indices spread evenly.
@@ -300,15 +285,35 @@ fn spawn_overhead(c: &Cluster) -> Result<Duration> {
 
 /// What every measurement uses.
 struct Tools {
-    gp_conn: PathBuf,
+    /// The gangplank binary: the agent, and `bench-conn` (load and servers).
+    gangplank: PathBuf,
     iptables_restore: &'static str,
+    /// Whether `conntrack` is installed (flushes between runs; the
+    /// kube-proxy modes need it).
+    conntrack: bool,
+    /// Seconds of the iperf3 stream (0: not measured).
+    stream_seconds: u32,
     /// Where rule files are written.
     work: PathBuf,
     /// Process start-up on node-a, subtracted from rule-applying runs.
     overhead: Duration,
 }
 
-fn conntrack_flush(c: &Cluster) -> Result<()> {
+impl Tools {
+    /// `gangplank bench-conn`, to which the caller adds arguments.
+    fn conn_cmd(&self) -> Command {
+        let mut cmd = Command::new(&self.gangplank);
+        cmd.arg("bench-conn");
+        cmd
+    }
+}
+
+/// Flushes node-a's conntrack table, so that no run meets another's
+/// entries (gangplank's own flows are in its BPF maps, removed with it).
+fn conntrack_flush(c: &Cluster, tools: &Tools) -> Result<()> {
+    if !tools.conntrack {
+        return Ok(());
+    }
     // Exit 1 with "0 flow entries" is fine: nothing to flush.
     let _ = c.run_in_node("node-a", conntrack_cmd(), Duration::from_secs(30))?;
     Ok(())
@@ -320,7 +325,7 @@ fn conntrack_cmd() -> Command {
     cmd
 }
 
-/// One `gp-conn` run from `from` ("pod-client" or "client").
+/// One `bench-conn` run from `from` ("pod-client" or "client").
 fn conn_run(
     c: &Cluster,
     tools: &Tools,
@@ -331,7 +336,7 @@ fn conn_run(
     duration: f64,
 ) -> Result<ConnRun> {
     let list: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
-    let mut cmd = Command::new(&tools.gp_conn);
+    let mut cmd = tools.conn_cmd();
     cmd.arg(format!("--target={}", list.join(",")))
         .arg(format!("--concurrency={}", opts.conn_concurrency))
         .arg(format!("--warmup={warmup}"))
@@ -339,12 +344,12 @@ fn conn_run(
     let out = c.run_in(from, cmd, Duration::from_secs_f64(warmup + duration + 30.0))?;
     if !out.status.success() {
         bail!(
-            "gp-conn from {from} failed: {}",
+            "bench-conn from {from} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
     let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim()).with_context(|| format!("gp-conn output {line:?}"))
+    serde_json::from_str(line.trim()).with_context(|| format!("bench-conn output {line:?}"))
 }
 
 /// A short run that must have no errors: the mode really serves every target.
@@ -360,7 +365,7 @@ fn check_serves(
     if run.errors > 0 || run.connections == 0 {
         bail!(
             "{}: {} to {} targets: {} connections, {} errors ({:?}): the datapath does not serve them",
-            label(mode),
+            mode.label(),
             from,
             targets.len(),
             run.connections,
@@ -371,7 +376,7 @@ fn check_serves(
     Ok(())
 }
 
-fn iperf(c: &Cluster, node_ip: Ipv4Addr) -> Result<f64> {
+fn iperf(c: &Cluster, node_ip: Ipv4Addr, seconds: u32) -> Result<f64> {
     let mut cmd = Command::new("iperf3");
     cmd.args([
         "-c",
@@ -379,10 +384,10 @@ fn iperf(c: &Cluster, node_ip: Ipv4Addr) -> Result<f64> {
         "-p",
         &IPERF_NODE_PORT.to_string(),
         "-t",
-        "2",
+        &seconds.to_string(),
         "-J",
     ]);
-    let out = c.run_in_client(cmd, Duration::from_secs(30))?;
+    let out = c.run_in_client(cmd, Duration::from_secs(u64::from(seconds) + 30))?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
     if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
@@ -415,25 +420,28 @@ fn measure(
     let mut cluster_ip = Vec::new();
     let mut node_port = Vec::new();
     for r in 0..opts.conn_repeats {
-        conntrack_flush(c)?;
+        conntrack_flush(c, tools)?;
         let run = conn_run(c, tools, CLIENT_POD, &cip, opts, 0.5, opts.conn_duration)?;
-        println!("  N={n:<6} {:<20} ClusterIP run {}/{}: {:>7.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  max {:>7.0} µs  errors {} {:?}", label(mode), r + 1, opts.conn_repeats, run.rate, run.p50_us, run.p99_us, run.max_us, run.errors, run.error_kinds);
+        println!("  N={n:<6} {:<20} ClusterIP run {}/{}: {:>7.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  max {:>7.0} µs  errors {} {:?}", mode.label(), r + 1, opts.conn_repeats, run.rate, run.p50_us, run.p99_us, run.max_us, run.errors, run.error_kinds);
         cluster_ip.push(run);
-        conntrack_flush(c)?;
+        conntrack_flush(c, tools)?;
         let run = conn_run(c, tools, "client", &np, opts, 0.5, opts.conn_duration)?;
-        println!("  N={n:<6} {:<20} NodePort  run {}/{}: {:>7.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  max {:>7.0} µs  errors {} {:?}", label(mode), r + 1, opts.conn_repeats, run.rate, run.p50_us, run.p99_us, run.max_us, run.errors, run.error_kinds);
+        println!("  N={n:<6} {:<20} NodePort  run {}/{}: {:>7.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  max {:>7.0} µs  errors {} {:?}", mode.label(), r + 1, opts.conn_repeats, run.rate, run.p50_us, run.p99_us, run.max_us, run.errors, run.error_kinds);
         node_port.push(run);
     }
-    let stream = match iperf(c, node_ip) {
+    if tools.stream_seconds == 0 {
+        return Ok((cluster_ip, node_port, None));
+    }
+    let stream = match iperf(c, node_ip, tools.stream_seconds) {
         Ok(g) => {
             println!(
                 "  N={n:<6} {:<20} NodePort  one stream: {g:.2} Gbit/s",
-                label(mode)
+                mode.label()
             );
             Some(g)
         }
         Err(e) => {
-            eprintln!("  N={n:<6} {:<20} iperf3 failed: {e:#}", label(mode));
+            eprintln!("  N={n:<6} {:<20} iperf3 failed: {e:#}", mode.label());
             None
         }
     };
@@ -454,13 +462,13 @@ fn gangplank_mode(
         .lines()
         .find(|l| l.contains("initial sync complete"))
         .unwrap_or("");
-    let program_ms = crate::bench::field(line, "elapsed_ms").map_or(ms(wall), |v| v as f64);
+    let program_ms = field(line, "elapsed_ms").map_or(ms(wall), |v| v as f64);
     let result = (|| {
         let (cluster_ip, node_port, stream) = measure(c, tools, opts, Dataplane::Gangplank, n)?;
         let socket_lb = socket_lb_cost(c, tools)?;
         println!(
             "  N={n:<6} {:<20} connect(): {:.0} ns to a cluster IP, {:.0} ns to a pod, {:.0} ns without the hook",
-            label(Dataplane::Gangplank),
+            Dataplane::Gangplank.label(),
             socket_lb.translated_ns,
             socket_lb.not_a_service_ns,
             socket_lb.without_hook_ns
@@ -478,7 +486,7 @@ fn gangplank_mode(
                 let log = agent.log();
                 let lines: Vec<&str> = log.lines().filter(|l| l.contains("maps updated")).collect();
                 if let Some(l) = lines.get(from) {
-                    change_ms.push(crate::bench::field(l, "elapsed_us").unwrap_or(0) as f64 / 1e3);
+                    change_ms.push(field(l, "elapsed_us").unwrap_or(0) as f64 / 1e3);
                     break;
                 }
                 if Instant::now() > deadline {
@@ -501,7 +509,7 @@ fn gangplank_mode(
         })
     })();
     agent.stop()?;
-    let mut cmd = gangplank_tests::agent::gangplank_cmd()?;
+    let mut cmd = gangplank_sim::agent::gangplank_cmd()?;
     cmd.arg("uninstall")
         .arg("--bpffs")
         .arg(&c.node("node-a").bpffs)
@@ -647,7 +655,7 @@ fn iptables_mode(
         cmd.args(["flush", "ruleset"]);
         run_on_node(c, cmd, "nft flush ruleset")?;
     }
-    conntrack_flush(c)?;
+    conntrack_flush(c, tools)?;
     result
 }
 
@@ -676,7 +684,7 @@ fn nftables_mode(
     let mut cmd = Command::new("nft");
     cmd.args(["delete", "table", "ip", "kube-proxy"]);
     run_on_node(c, cmd, "nft delete table")?;
-    conntrack_flush(c)?;
+    conntrack_flush(c, tools)?;
     result
 }
 
@@ -685,30 +693,115 @@ fn start_servers(c: &Cluster, tools: &Tools) -> Result<Vec<Proc>> {
     for pod in backend_pods() {
         // A minimal responder, so that the server's own cost does not
         // drown the datapath's in the connection rate.
-        let mut cmd = Command::new(&tools.gp_conn);
+        let mut cmd = tools.conn_cmd();
         cmd.arg(format!("--serve=0.0.0.0:{HTTP_PORT}"));
         let mut p = c.spawn_in_pod(pod, cmd)?;
         p.wait_for_line(|l| l.contains("listening on"), Duration::from_secs(10))?;
         procs.push(p);
     }
-    let mut cmd = Command::new("iperf3");
-    cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
-    procs.push(c.spawn_in_pod(IPERF_POD, cmd)?);
+    if tools.stream_seconds > 0 {
+        let mut cmd = Command::new("iperf3");
+        cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
+        procs.push(c.spawn_in_pod(IPERF_POD, cmd)?);
+    }
     Ok(procs)
 }
 
-/// Runs the services benchmark.
-pub fn run(opts: &ServicesOptions) -> Result<Vec<ModeResult>> {
-    gangplank_tests::check_privileges()?;
-    if opts.sizes.iter().any(|&n| n == 0 || n > 30_000) {
-        bail!("--sizes: each between 1 and 30000");
+/// Whether `program` is an executable in `PATH`.
+fn installed(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program)).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+    })
+}
+
+/// The programs a datapath needs (besides gangplank itself), with the
+/// Debian package of each.
+fn needs(d: Dataplane, opts: &ServicesOptions) -> Vec<(&'static str, &'static str)> {
+    match d {
+        Dataplane::Gangplank => vec![],
+        Dataplane::Iptables => vec![
+            (opts.iptables.restore_command(), "iptables"),
+            ("conntrack", "conntrack"),
+        ],
+        Dataplane::Nftables => vec![("nft", "nftables"), ("conntrack", "conntrack")],
     }
-    let iptables_restore = restore_command(opts.iptables);
-    let work = crate::root_dir().join("target/bench/services-work");
-    std::fs::create_dir_all(&work)?;
+}
+
+/// The datapaths to measure and, for those left out, why: the ones asked
+/// for (each must have its tools), or every one whose tools are installed.
+fn choose_dataplanes(
+    opts: &ServicesOptions,
+    installed: impl Fn(&str) -> bool,
+) -> Result<(Vec<Dataplane>, Vec<String>)> {
+    let missing = |d: Dataplane| -> Vec<String> {
+        needs(d, opts)
+            .into_iter()
+            .filter(|(program, _)| !installed(program))
+            .map(|(program, package)| format!("{program} (package {package})"))
+            .collect()
+    };
+    if !opts.dataplanes.is_empty() {
+        for &d in &opts.dataplanes {
+            let m = missing(d);
+            if !m.is_empty() {
+                bail!(
+                    "--dataplanes {}: {} needs {}, not found in PATH",
+                    format!("{d:?}").to_lowercase(),
+                    d.label(),
+                    m.join(" and ")
+                );
+            }
+        }
+        return Ok((opts.dataplanes.clone(), Vec::new()));
+    }
+    let mut chosen = Vec::new();
+    let mut notes = Vec::new();
+    for d in Dataplane::ALL {
+        let m = missing(d);
+        if m.is_empty() {
+            chosen.push(d);
+        } else {
+            notes.push(format!(
+                "{} not measured: {} not installed",
+                d.label(),
+                m.join(" and ")
+            ));
+        }
+    }
+    Ok((chosen, notes))
+}
+
+/// Runs the Services benchmark on a simulated cluster built here, and
+/// writes its report, JSON and plots into `out`.
+pub fn run(opts: &ServicesOptions, out: &Path) -> Result<Vec<ModeResult>> {
+    gangplank_sim::check_privileges()?;
+    if opts.sizes.is_empty() || opts.sizes.iter().any(|&n| n == 0 || n > 30_000) {
+        bail!("--sizes: one or more, each between 1 and 30000");
+    }
+    if opts.conn_repeats == 0 || opts.conn_concurrency == 0 || opts.conn_duration <= 0.0 {
+        bail!("--conn-repeats, --conn-concurrency and --conn-duration must be positive");
+    }
+    let (dataplanes, mut notes) = choose_dataplanes(opts, installed)?;
+    let mut stream_seconds = opts.stream_seconds;
+    if stream_seconds > 0 && !installed("iperf3") {
+        notes.push("one long stream not measured: iperf3 (package iperf3) not installed".into());
+        stream_seconds = 0;
+    }
+    for note in &notes {
+        println!("note: {note}");
+    }
+    let work = out.join("services-work");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let mut tools = Tools {
-        gp_conn: target_binary("gp-conn")?,
-        iptables_restore,
+        gangplank: target_binary("gangplank")?,
+        iptables_restore: opts.iptables.restore_command(),
+        conntrack: installed("conntrack"),
+        stream_seconds,
         work,
         overhead: Duration::ZERO,
     };
@@ -721,7 +814,6 @@ pub fn run(opts: &ServicesOptions) -> Result<Vec<ModeResult>> {
     .context("building the simulated cluster")?;
     let _servers = start_servers(&c, &tools)?;
     tools.overhead = spawn_overhead(&c)?;
-    let overhead = tools.overhead;
     let mut results = Vec::new();
     for &n in &opts.sizes {
         write_manifests(&c, n)?;
@@ -735,43 +827,44 @@ pub fn run(opts: &ServicesOptions) -> Result<Vec<ModeResult>> {
             );
         }
         println!("\nN = {n} services × 10 endpoints");
-        for &mode in &opts.dataplanes {
+        for &mode in &dataplanes {
             let r = match mode {
                 Dataplane::Gangplank => gangplank_mode(&c, &tools, opts, n),
                 Dataplane::Iptables => iptables_mode(&c, &tools, opts, n, &ports),
                 Dataplane::Nftables => nftables_mode(&c, &tools, opts, n, &ports),
             }
-            .with_context(|| format!("{} at {n} services", label(mode)))?;
+            .with_context(|| format!("{} at {n} services", mode.label()))?;
             println!(
                 "  N={n:<6} {:<20} programming {:.0} ms, one endpoint change median {:.1} ms",
-                label(mode),
+                mode.label(),
                 r.program_ms,
                 median(&r.change_ms)
             );
             results.push(r);
         }
     }
-    let out = crate::root_dir().join("target/bench");
-    let report = report(&results, opts, overhead);
-    std::fs::write(out.join("services.md"), &report)?;
+    drop(c);
+    let _ = std::fs::remove_dir_all(&tools.work);
+    let plots = match plot::services(&results, out) {
+        Ok(plots) => plots,
+        Err(e) => {
+            notes.push(format!("no plots: {e:#}"));
+            Vec::new()
+        }
+    };
+    let report = report(&results, opts, &tools, &notes);
+    let md = out.join("services.md");
+    std::fs::write(&md, &report).with_context(|| format!("writing {}", md.display()))?;
     std::fs::write(
         out.join("services.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let plots = bench_plot::services(&results, &out)?;
     println!("\n{report}");
+    println!("report: {}", md.display());
     for p in plots {
         println!("plot: {}", p.display());
     }
     Ok(results)
-}
-
-fn machine_summary() -> String {
-    let m = crate::bench_ingress::machine();
-    format!(
-        "{} CPUs ({}), Linux {}",
-        m["cpus"], m["cpu_model"], m["kernel"]
-    )
 }
 
 fn ratio(x: f64, base: Option<f64>) -> String {
@@ -805,7 +898,7 @@ fn conn_table(out: &mut String, results: &[ModeResult], pick: RunsOf) {
             out,
             "| {} | {} | {:.0} | {lo:.0}–{hi:.0} | {p50:.0} | {p99:.0} | {} | {} | {} |",
             r.services,
-            label(r.mode),
+            r.mode.label(),
             median(&rates),
             runs.iter().map(|x| x.errors).sum::<u64>(),
             ratio(median(&rates), base_rate),
@@ -814,33 +907,47 @@ fn conn_table(out: &mut String, results: &[ModeResult], pick: RunsOf) {
     }
 }
 
-fn report(results: &[ModeResult], opts: &ServicesOptions, overhead: Duration) -> String {
+fn report(
+    results: &[ModeResult],
+    opts: &ServicesOptions,
+    tools: &Tools,
+    notes: &[String],
+) -> String {
+    let overhead = tools.overhead;
     let mut out = String::new();
     out.push_str("# Services: gangplank vs kube-proxy (iptables, nftables)\n\n");
     let _ = writeln!(out, "Machine: {}.  ", machine_summary());
     let _ = writeln!(
         out,
-        "Set-up: two simulated nodes (network namespaces); 10 backend pods (`gp-conn --serve`: a fixed 200 per connection), 5 per node; each of N Services has those 10 endpoints; \
+        "Set-up: two simulated nodes (network namespaces); 10 backend pods (`gangplank bench-conn --serve`: a fixed 200 per connection), 5 per node; each of N Services has those 10 endpoints; \
          the client pod is on node-a and so is everything measured (gangplank agent, or kube-proxy's rules generated from the same manifests: \
          iptables via `{}`, nftables via `nft -f`). One mode at a time, conntrack flushed between runs. \
-         `gp-conn`: {} concurrent clients, each a new TCP connection with one short HTTP request per iteration, round a sample of up to {SAMPLE} Services \
+         `gangplank bench-conn`: {} concurrent clients, each a new TCP connection with one short HTTP request per iteration, round a sample of up to {SAMPLE} Services \
          spread through the set; 0.5 s warm-up, {} s measured, {} runs per cell (median; min–max of conn/s).\n",
-        restore_command(opts.iptables),
+        opts.iptables.restore_command(),
         opts.conn_concurrency, opts.conn_duration, opts.conn_repeats
     );
+    for note in notes {
+        let _ = writeln!(out, "Note: {note}.  ");
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+    }
     out.push_str("## ClusterIP from a pod\n\n");
     conn_table(&mut out, results, |r| &r.cluster_ip);
     out.push_str("\n## NodePort from outside the cluster\n\n");
     conn_table(&mut out, results, |r| &r.node_port);
-    out.push_str("\n## One long TCP stream through a NodePort (iperf3, 2 s, to a pod on the other node)\n\n| services | mode | Gbit/s |\n|---:|---|---:|\n");
-    for r in results {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            r.services,
-            label(r.mode),
-            r.stream_gbps.map_or("failed".into(), |g| format!("{g:.2}"))
-        );
+    if tools.stream_seconds > 0 {
+        let _ = write!(out, "\n## One long TCP stream through a NodePort (iperf3, {} s, to a pod on the other node)\n\n| services | mode | Gbit/s |\n|---:|---|---:|\n", tools.stream_seconds);
+        for r in results {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                r.services,
+                r.mode.label(),
+                r.stream_gbps.map_or("failed".into(), |g| format!("{g:.2}"))
+            );
+        }
     }
     out.push_str(
         "\n## Socket load balancer: cost per `connect()` (gangplank)\n\n\
@@ -880,7 +987,7 @@ fn report(results: &[ModeResult], opts: &ServicesOptions, overhead: Duration) ->
             out,
             "| {} | {} | {} | {:.1} | {} | {:.2} | {} |",
             r.services,
-            label(r.mode),
+            r.mode.label(),
             r.objects,
             r.program_ms,
             base.map_or("–".into(), |b| format!(
@@ -895,4 +1002,61 @@ fn report(results: &[ModeResult], opts: &ServicesOptions, overhead: Duration) ->
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: ServicesOptions,
+    }
+
+    fn opts(args: &[&str]) -> ServicesOptions {
+        Cli::parse_from(std::iter::once("x").chain(args.iter().copied())).opts
+    }
+
+    /// Without `--dataplanes`, a kube-proxy mode whose tools are missing is
+    /// left out and the report says why; asked for, it is an error that
+    /// names the missing program.
+    #[test]
+    fn dataplanes_follow_the_tools_installed() {
+        let no_nft = |p: &str| p != "nft";
+        let (chosen, notes) = choose_dataplanes(&opts(&[]), no_nft).expect("choose");
+        assert_eq!(chosen, [Dataplane::Gangplank, Dataplane::Iptables]);
+        assert_eq!(
+            notes,
+            ["kube-proxy nftables not measured: nft (package nftables) not installed"]
+        );
+        let err = choose_dataplanes(&opts(&["--dataplanes=gangplank,nftables"]), no_nft)
+            .expect_err("nft missing");
+        assert_eq!(
+            err.to_string(),
+            "--dataplanes nftables: kube-proxy nftables needs nft (package nftables), not found in PATH"
+        );
+        let legacy = opts(&["--iptables=legacy"]);
+        let (chosen, notes) = choose_dataplanes(&legacy, |p| {
+            p != "iptables-legacy-restore" && p != "conntrack"
+        })
+        .expect("choose");
+        assert_eq!(chosen, [Dataplane::Gangplank]);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("iptables-legacy-restore (package iptables) and conntrack"));
+        let (chosen, notes) = choose_dataplanes(&opts(&[]), |_| true).expect("choose");
+        assert_eq!(chosen, Dataplane::ALL);
+        assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn the_sample_spreads_through_the_set() {
+        assert_eq!(sample(1), [0]);
+        assert_eq!(sample(10).len(), 10);
+        let s = sample(10_000);
+        assert_eq!(s.len(), SAMPLE);
+        assert_eq!((s[0], s[1], s[31]), (0, 312, 9_687));
+    }
 }

@@ -1,7 +1,8 @@
 //! PNG plots of the Services benchmark (plotters): connection rate and
 //! latency against the number of Services, one line per datapath, for
-//! ClusterIP and NodePort. Text is drawn with DejaVu Sans from Debian's
-//! fonts-dejavu-core (installed by the benchmark's set-up).
+//! ClusterIP and NodePort. Text is drawn with DejaVu Sans (Debian's
+//! fonts-dejavu-core, which `cargo xtask setup` installs), read at run
+//! time from where distributions put it; without it there are no plots.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -10,17 +11,34 @@ use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::bench_ingress::median;
-use crate::bench_options::Dataplane;
-use crate::bench_services::{ConnRun, ModeResult, RunsOf};
+use gangplank_sim::bench_options::Dataplane;
+use gangplank_sim::measure::median;
+
+use super::services::{ConnRun, ModeResult, RunsOf};
 
 const FONT: &str = "sans-serif";
+
+/// Where distributions install DejaVu Sans (Debian and Ubuntu, Fedora,
+/// Arch).
+pub const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
 
 fn register_font() -> Result<()> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let path = crate::setup::PLOT_FONT;
+            let path = FONT_PATHS
+                .iter()
+                .find(|p| std::path::Path::new(p).is_file())
+                .ok_or_else(|| {
+                    format!(
+                        "the DejaVu Sans font is not installed (looked for {}; Debian: apt install fonts-dejavu-core)",
+                        FONT_PATHS.join(", ")
+                    )
+                })?;
             let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
             // plotters keeps fonts for the life of the process.
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -63,7 +81,7 @@ fn lines_for(
     modes
         .into_iter()
         .map(|mode| Line {
-            label: format!("{}{suffix}", crate::bench_services::label(mode)),
+            label: format!("{}{suffix}", mode.label()),
             colour: colour(mode),
             thick,
             points: results
