@@ -115,6 +115,31 @@ impl ServicesOptions {
     }
 }
 
+/// The per-packet benchmark's options (BPF_PROG_TEST_RUN).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct PacketOptions {
+    /// Packets: batches per case (p10/p50/p90 are over batches).
+    #[arg(long = "packet-batches", default_value_t = 20)]
+    pub batches: usize,
+    /// Packets: packets per batch for cases measured one run at a time.
+    #[arg(long = "packet-runs", default_value_t = 500)]
+    pub runs: usize,
+    /// Packets: `repeat` for cases that leave the packet unchanged.
+    #[arg(long = "packet-repeat", default_value_t = 100_000)]
+    pub repeat: u32,
+}
+
+impl PacketOptions {
+    /// The options as command-line arguments.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            format!("--packet-batches={}", self.batches),
+            format!("--packet-runs={}", self.runs),
+            format!("--packet-repeat={}", self.repeat),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -125,6 +150,8 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         opts: ServicesOptions,
+        #[command(flatten)]
+        packets: PacketOptions,
     }
 
     /// `cargo xtask bench` hands its options to `gangplank bench` as

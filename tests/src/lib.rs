@@ -2,11 +2,12 @@
 //!
 //! The simulated cluster itself is the `gangplank-sim` crate, re-exported
 //! here so the tests name it as before; this crate adds what only tests
-//! use: raw packets and BPF_PROG_TEST_RUN, a fake API server, the Ingress
+//! use: a fake API server, the Ingress
 //! harness and north-south helpers.
 
 #![warn(missing_docs)]
 
+pub use gangplank::bench::{packet, test_run};
 pub use gangplank_sim::{
     agent, check_privileges, cluster, manifests, probe, probe_cmd, process, sweep_stale,
     target_binary, Cluster, Host, Node, Pod, ProbeResult, Proc,
@@ -16,9 +17,4 @@ pub mod bpf;
 pub mod fake_api;
 pub mod ingress;
 pub mod northsouth;
-// Header fields and constants are named as in the RFCs and uapi headers.
-#[allow(missing_docs)]
-pub mod packet;
-#[allow(missing_docs)]
-pub mod test_run;
 pub mod tls_client;

@@ -1,6 +1,7 @@
 //! `gangplank bench` end to end, small: it builds its own simulated
-//! cluster, measures gangplank and both kube-proxy modes, writes its
-//! report, data and plots, and leaves nothing behind.
+//! cluster, measures gangplank and both kube-proxy modes, then each
+//! program's cost per packet, writes its reports, data and plots, and
+//! leaves nothing behind.
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,6 +34,9 @@ fn gangplank_bench_measures_every_datapath_and_cleans_up() {
         "--conn-duration=0.3",
         "--stream-seconds=1",
         "--dataplanes=gangplank,iptables,nftables",
+        "--packet-batches=2",
+        "--packet-runs=20",
+        "--packet-repeat=1000",
     ])
     .arg("--out")
     .arg(out.path());

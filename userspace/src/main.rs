@@ -54,7 +54,8 @@ enum Command {
     /// with no route out), and compare gangplank with the rules kube-proxy
     /// would write (iptables and nftables modes) for 1 to 10,000 Services:
     /// ClusterIP and NodePort connection rate and latency, one stream's
-    /// throughput, programming time. Needs root; leaves nothing behind.
+    /// throughput, programming time; then each datapath program's cost per
+    /// packet. Needs root; leaves nothing behind.
     Bench(BenchArgs),
     /// (internal) the benchmark's load generator and backend server, run
     /// inside the simulated pods.
@@ -125,12 +126,25 @@ struct AgentArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
+    /// Run one part only: `services` (gangplank against kube-proxy's
+    /// rules, on a simulated cluster) or `packets` (each tc/XDP program's
+    /// cost per packet, with BPF_PROG_TEST_RUN).
+    #[arg(long, value_enum)]
+    only: Option<BenchPart>,
     #[command(flatten)]
     services: gangplank::bench::ServicesOptions,
+    #[command(flatten)]
+    packets: gangplank::bench::PacketOptions,
     /// Directory for the report (services.md), its data (services.json)
     /// and the plots.
     #[arg(long, default_value = "gangplank-bench")]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchPart {
+    Services,
+    Packets,
 }
 
 #[derive(Subcommand)]
@@ -257,7 +271,12 @@ fn main() -> Result<()> {
             gangplank_sim::use_binary("gangplank", exe);
             // Clusters of earlier runs that were killed.
             gangplank_sim::sweep_stale()?;
-            gangplank::bench::services::run(&args.services, &args.out)?;
+            if args.only != Some(BenchPart::Packets) {
+                gangplank::bench::services::run(&args.services, &args.out)?;
+            }
+            if args.only != Some(BenchPart::Services) {
+                gangplank::bench::packets::run(&args.packets, &args.out)?;
+            }
             Ok(())
         }
         Command::BenchConn(args) => gangplank::bench::conn::run(&args),

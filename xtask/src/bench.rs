@@ -11,7 +11,7 @@
 //! - the agent's memory (RSS) at that size.
 //!
 //! Packets: per-packet cost of the tc/XDP datapath with BPF_PROG_TEST_RUN
-//! (see `bench_packets`).
+//! (gangplank::bench::packets, also part of `gangplank bench`).
 //!
 //! Services: gangplank against kube-proxy's iptables and nftables modes on
 //! the same Services, 1 to 10,000 of them: `gangplank bench` of the
@@ -43,11 +43,7 @@ pub fn run(opts: Options) -> Result<()> {
         control_plane(opts.clone())?;
     }
     if all || part == Some(Part::Packets) {
-        crate::bench_packets::run(crate::bench_packets::Options {
-            batches: opts.packet_batches,
-            runs: opts.packet_runs,
-            repeat: opts.packet_repeat,
-        })?;
+        gangplank::bench::packets::run(&opts.packets, &crate::root_dir().join("target/bench"))?;
     }
     if all || part == Some(Part::Services) {
         services(&opts.service_bench)?;

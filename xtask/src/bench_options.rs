@@ -22,7 +22,7 @@ pub enum Part {
     Services,
 }
 
-pub use gangplank_sim::bench_options::ServicesOptions;
+pub use gangplank_sim::bench_options::{PacketOptions, ServicesOptions};
 
 /// A proxy of the Ingress benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -129,15 +129,8 @@ pub struct Options {
     /// a few hundred).
     #[arg(long, default_value_t = 300)]
     pub api_changes: usize,
-    /// Packets: batches per case (p10/p50/p90 are over batches).
-    #[arg(long, default_value_t = 20)]
-    pub packet_batches: usize,
-    /// Packets: packets per batch for cases measured one run at a time.
-    #[arg(long, default_value_t = 500)]
-    pub packet_runs: usize,
-    /// Packets: `repeat` for cases that leave the packet unchanged.
-    #[arg(long, default_value_t = 100_000)]
-    pub packet_repeat: u32,
+    #[command(flatten)]
+    pub packets: PacketOptions,
     #[command(flatten)]
     pub ingress: IngressOptions,
     #[command(flatten)]
@@ -157,10 +150,8 @@ impl Options {
             format!("--endpoints={}", self.endpoints),
             format!("--changes={}", self.changes),
             format!("--api-changes={}", self.api_changes),
-            format!("--packet-batches={}", self.packet_batches),
-            format!("--packet-runs={}", self.packet_runs),
-            format!("--packet-repeat={}", self.packet_repeat),
         ];
+        args.extend(self.packets.to_args());
         match self.selected() {
             Some(Part::Control) => args.push("--only=control".into()),
             Some(Part::Packets) => args.push("--only=packets".into()),

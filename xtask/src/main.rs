@@ -9,8 +9,6 @@ mod bench_api;
 mod bench_ingress;
 mod bench_options;
 #[cfg(feature = "harness")]
-mod bench_packets;
-#[cfg(feature = "harness")]
 mod demo;
 mod setup;
 

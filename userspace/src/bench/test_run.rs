@@ -17,7 +17,7 @@ use gangplank_common::*;
 
 /// The loader and the map contract, for users of this module outside the
 /// tests crate (`cargo xtask bench` depends on this crate only).
-pub use gangplank::dataplane::Datapath;
+pub use crate::dataplane::Datapath;
 pub use gangplank_common as contract;
 
 /// `BPF_PROG_TEST_RUN` (include/uapi/linux/bpf.h, `enum bpf_cmd`).
@@ -607,8 +607,8 @@ pub fn load_constant_program(prog_type: u32, retval: i32) -> io::Result<std::os:
 mod tests {
     use std::os::fd::AsFd;
 
+    use super::super::packet::{Packet, TCP_SYN};
     use super::*;
-    use crate::packet::{Packet, TCP_SYN};
 
     fn frame() -> Vec<u8> {
         Packet::tcp(
@@ -621,7 +621,7 @@ mod tests {
 
     #[test]
     fn test_run_plumbing_with_constant_programs() {
-        crate::check_privileges().expect("needs root");
+        gangplank_sim::check_privileges().expect("needs root");
         let xdp = load_constant_program(PROG_TYPE_XDP, XDP_PASS as i32).expect("load XDP");
         let r = run(xdp.as_fd(), &frame(), Ctx::None, 1000).expect("XDP test run");
         assert_eq!(r.retval, XDP_PASS);

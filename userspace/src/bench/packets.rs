@@ -1,4 +1,4 @@
-//! `cargo xtask bench --only packets`: per-packet cost of the tc/XDP
+//! Per-packet cost of the tc/XDP
 //! datapath, measured with `BPF_PROG_TEST_RUN` on the real eBPF object,
 //! next to an XDP program that only returns `XDP_PASS`, in the same run.
 //!
@@ -53,29 +53,22 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use gangplank_tests::packet::{Frame, Packet, TCP_ACK, TCP_SYN};
-use gangplank_tests::test_run::contract::{
+use gangplank_common::{
     BACKEND_FLAG_LOCAL, LB_MODE_SNAT, MAGLEV_DEFAULT_SIZE, PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
-use gangplank_tests::test_run::{
+use gangplank_sim::Cluster;
+
+use super::packet::{Frame, Packet, TCP_ACK, TCP_SYN};
+use super::test_run::{
     self, Ctx, Datapath, Frontend, Maps, RunResult, SkbCtx, XdpCtx, PROG_TYPE_SCHED_CLS, TC_ACT_OK,
     TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS,
 };
-use gangplank_tests::Cluster;
 
-/// How many measurements.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// Batches per case (p10/p50/p90 are over batches).
-    pub batches: usize,
-    /// Packets per batch for the cases measured one run at a time.
-    pub runs: usize,
-    /// `repeat` for the cases that leave the packet alone.
-    pub repeat: u32,
-}
+pub use gangplank_sim::bench_options::PacketOptions as Options;
 
 /// The NodePort whose only backend is a pod on this node.
 const NP_LOCAL: u16 = 30081;
@@ -618,16 +611,18 @@ fn report(samples: &[Samples], opts: &Options, elapsed: Duration) -> String {
     );
     let _ = writeln!(
         md,
-        "\nMachine: {}. Command: `cargo xtask bench --only packets` (or `cargo xtask bench` \
-         for both parts); this part took {:.1} s.",
+        "\nMachine: {}. Command: `gangplank bench --only packets` (or `cargo xtask bench \
+         --only packets`); this part took {:.1} s.",
         gangplank_sim::measure::machine_summary(),
         elapsed.as_secs_f64()
     );
     md
 }
 
-pub fn run(opts: Options) -> Result<()> {
-    gangplank_tests::check_privileges()?;
+/// Measures every case and writes `packets.md` into `out`.
+pub fn run(opts: &Options, out: &Path) -> Result<()> {
+    let opts = *opts;
+    gangplank_sim::check_privileges()?;
     if opts.batches < 1 || opts.runs < 1 || opts.repeat < 2 {
         bail!("--packet-batches and --packet-runs must be at least 1, --packet-repeat at least 2");
     }
@@ -728,8 +723,8 @@ pub fn run(opts: Options) -> Result<()> {
 
     let md = report(&samples, &opts, started.elapsed());
     println!("\n{md}");
-    let dir = crate::root_dir().join("target").join("bench");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = out;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("packets.md");
     std::fs::write(&path, format!("# Per-packet cost\n\n{md}"))
         .with_context(|| format!("writing {}", path.display()))?;
