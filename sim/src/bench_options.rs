@@ -5,6 +5,14 @@
 
 use clap::ValueEnum;
 
+/// Where distributions install DejaVu Sans, which the benchmark's plots
+/// are drawn with (Debian and Ubuntu: fonts-dejavu-core; Fedora; Arch).
+pub const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
 /// A datapath of the Services benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -597,6 +597,12 @@ impl Cluster {
         &self.bpffs
     }
 
+    /// The cluster's own temp dir (root's, under /tmp/gangplank-tests),
+    /// removed with the cluster: for files its users write, e.g. rule sets.
+    pub fn work_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     /// A temp dir for Kubernetes manifests, shared by all nodes (like the API server).
     pub fn manifests_dir(&self) -> &Path {
         &self.manifests

@@ -93,7 +93,7 @@ pub fn check_privileges() -> Result<()> {
 }
 
 fn check_privileges_uncached() -> Result<()> {
-    const NEED_ROOT: &str = "the simulated cluster (network namespaces, cgroups, BPF) needs root: run as root, e.g. `sudo cargo xtask test`";
+    const NEED_ROOT: &str = "the simulated cluster (network namespaces, cgroups, BPF) needs root: run as root, e.g. `sudo gangplank bench` or `sudo cargo xtask test`";
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(NEED_ROOT);

@@ -85,7 +85,8 @@ fn remove_cgroup_tree(dir: &Path) -> Result<()> {
 /// Removes leftovers of clusters whose owning process is gone: network
 /// namespaces `gpt-<pid>-*`, cgroups `<cgroup2>/gpt-<pid>-<n>`, bpffs mounts
 /// and temp dirs under /tmp/gangplank-tests. Clusters of live processes
-/// (including this one) are left alone. Called by xtask before tests.
+/// (including this one) are left alone. Called by xtask before tests and
+/// by `gangplank bench` before it builds its cluster.
 ///
 /// Everything removable is removed; the error lists what was not.
 pub fn sweep_stale() -> Result<()> {
@@ -178,7 +179,7 @@ pub fn sweep_stale() -> Result<()> {
         Ok(())
     } else {
         bail!(
-            "could not remove all stale test clusters:\n{}",
+            "could not remove all stale simulated clusters:\n{}",
             errors.join("\n")
         )
     }

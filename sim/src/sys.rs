@@ -84,7 +84,7 @@ pub(crate) fn mounts() -> Result<Vec<MountInfo>> {
 
 /// The cgroup2 mount point (e.g. /sys/fs/cgroup/unified on hybrid systems,
 /// /sys/fs/cgroup on unified ones), found once from mountinfo.
-pub(crate) fn cgroup2_root() -> Result<&'static Path> {
+pub fn cgroup2_root() -> Result<&'static Path> {
     static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let found = ROOT.get_or_init(|| {
         let mounts = mounts().map_err(|e| format!("{e:#}"))?;

@@ -8,14 +8,31 @@ use std::time::Duration;
 
 use gangplank_tests::{check_privileges, target_binary};
 
-fn netns_names() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+/// What a simulated cluster of process `pid` would leave: network
+/// namespaces, cgroups and temp dirs named `gpt-<pid>-*`.
+fn leftovers(pid: u32) -> Vec<String> {
+    let prefix = format!("gpt-{pid}-");
+    let cgroup2 = gangplank_sim::sys::cgroup2_root().expect("cgroup2");
+    [
+        Path::new("/run/netns"),
+        cgroup2,
+        Path::new("/tmp/gangplank-tests"),
+    ]
+    .iter()
+    .flat_map(|dir| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+    })
+    .collect()
 }
 
 fn is_png(path: &Path) -> bool {
@@ -59,11 +76,8 @@ fn gangplank_bench_measures_every_datapath_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status}\n{}", output());
-    let ours: Vec<String> = netns_names()
-        .into_iter()
-        .filter(|n| n.starts_with(&format!("gpt-{pid}-")))
-        .collect();
-    assert!(ours.is_empty(), "left behind: {ours:?}");
+    let left = leftovers(pid);
+    assert!(left.is_empty(), "left behind: {left:?}");
 
     let json = std::fs::read_to_string(out.path().join("services.json")).expect("services.json");
     let results: serde_json::Value = serde_json::from_str(&json).expect("JSON");

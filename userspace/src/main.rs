@@ -135,8 +135,8 @@ struct BenchArgs {
     services: gangplank::bench::ServicesOptions,
     #[command(flatten)]
     packets: gangplank::bench::PacketOptions,
-    /// Directory for the report (services.md), its data (services.json)
-    /// and the plots.
+    /// Directory for the reports (services.md, packets.md), the Services
+    /// data (services.json) and the plots.
     #[arg(long, default_value = "gangplank-bench")]
     out: PathBuf,
 }
@@ -264,13 +264,17 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
+            gangplank_sim::check_privileges()?;
             std::fs::create_dir_all(&args.out)
                 .with_context(|| format!("creating {}", args.out.display()))?;
             // The simulated nodes run this very binary as their agent.
             let exe = std::env::current_exe().context("locating the gangplank binary")?;
             gangplank_sim::use_binary("gangplank", exe);
-            // Clusters of earlier runs that were killed.
-            gangplank_sim::sweep_stale()?;
+            // Clusters of earlier runs that were killed: what cannot be
+            // removed does not stop this run (its names are its own).
+            if let Err(e) = gangplank_sim::sweep_stale() {
+                eprintln!("warning: {e:#}");
+            }
             if args.only != Some(BenchPart::Packets) {
                 gangplank::bench::services::run(&args.services, &args.out)?;
             }

@@ -11,11 +11,11 @@
 //! - the agent's memory (RSS) at that size.
 //!
 //! Packets: per-packet cost of the tc/XDP datapath with BPF_PROG_TEST_RUN
-//! (gangplank::bench::packets, also part of `gangplank bench`).
+//! (`gangplank bench --only packets`, run from here).
 //!
 //! Services: gangplank against kube-proxy's iptables and nftables modes on
-//! the same Services, 1 to 10,000 of them: `gangplank bench` of the
-//! release build (gangplank::bench), run from here.
+//! the same Services, 1 to 10,000 of them (`gangplank bench --only
+//! services`, run from here).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -43,22 +43,23 @@ pub fn run(opts: Options) -> Result<()> {
         control_plane(opts.clone())?;
     }
     if all || part == Some(Part::Packets) {
-        gangplank::bench::packets::run(&opts.packets, &crate::root_dir().join("target/bench"))?;
+        gangplank_bench("packets", opts.packets.to_args())?;
     }
     if all || part == Some(Part::Services) {
-        services(&opts.service_bench)?;
+        gangplank_bench("services", opts.service_bench.to_args())?;
     }
     Ok(())
 }
 
-/// `gangplank bench` of the release build, writing into target/bench: the
-/// benchmark users run on their nodes is the one measured here.
-fn services(opts: &crate::bench_options::ServicesOptions) -> Result<()> {
+/// `gangplank bench --only <part>` of the release build, writing into
+/// target/bench: the benchmark users run on their nodes is the one
+/// measured here.
+fn gangplank_bench(part: &str, args: Vec<String>) -> Result<()> {
     let mut cmd = gangplank_cmd()?;
-    cmd.arg("bench")
+    cmd.args(["bench", &format!("--only={part}")])
         .arg("--out")
         .arg(crate::root_dir().join("target/bench"))
-        .args(opts.to_args());
+        .args(args);
     let status = cmd.status().context("running gangplank bench")?;
     if !status.success() {
         bail!("gangplank bench failed ({status})");

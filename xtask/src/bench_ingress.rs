@@ -804,7 +804,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Median of `v` (mean of the middle two for an even count).
 fn gangplank_version() -> String {
     let out = |args: &[&str]| {
         Command::new("git")

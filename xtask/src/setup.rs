@@ -35,10 +35,6 @@ const INGRESS_BENCH_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
 ];
 
-/// The TrueType font the benchmark's plots are drawn with
-/// (fonts-dejavu-core; `gangplank bench` looks for it at this path first).
-const PLOT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
 /// Debian's hook that tells package scripts whether they may start
 /// services (exit 101: no). See /usr/share/doc/init-system-helpers/README.policy-rc.d.gz.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -97,22 +93,17 @@ pub fn install_ingress_bench_packages() -> Result<()> {
     result
 }
 
-/// Installs the plots' font (a file, so not in `PACKAGES`, which are
-/// checked by command).
+/// Installs the benchmark plots' font (a file, so not in `PACKAGES`,
+/// which are checked by command) unless one of the places `gangplank
+/// bench` looks has it.
 fn install_plot_font() -> Result<()> {
-    if !Path::new(PLOT_FONT).exists() {
-        check_root()?;
-        run(Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "fonts-dejavu-core",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if gangplank_sim::bench_options::FONT_PATHS
+        .iter()
+        .any(|p| Path::new(p).is_file())
+    {
+        return Ok(());
     }
-    Ok(())
+    install_missing(&["fonts-dejavu-core"])
 }
 
 fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
@@ -121,6 +112,11 @@ fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
+    install_missing(&missing)
+}
+
+/// Installs Debian packages known to be missing.
+fn install_missing(missing: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -132,7 +128,7 @@ fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get").arg("update").arg("-q"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
+        .args(missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 

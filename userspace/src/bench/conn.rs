@@ -219,8 +219,13 @@ fn load(args: &ConnArgs) -> Result<Report> {
     if args.targets.is_empty() {
         bail!("no --target");
     }
-    if args.concurrency == 0 || args.duration <= 0.0 || args.warmup < 0.0 {
-        bail!("--concurrency and --duration must be positive, --warmup not negative");
+    // (Written so that NaN fails too; the bounds keep `Instant + Duration`
+    // far from overflowing.)
+    if args.concurrency == 0
+        || !(args.duration > 0.0 && args.duration <= 86_400.0)
+        || !(args.warmup >= 0.0 && args.warmup <= 86_400.0)
+    {
+        bail!("--concurrency must be positive, --duration more than 0 and --warmup at least 0 (at most a day each)");
     }
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let start = Instant::now() + Duration::from_secs_f64(args.warmup);
@@ -320,6 +325,8 @@ fn serve_on(listener: &std::net::TcpListener) {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let Ok((mut s, _)) = listener.accept() else {
+                    // Out of file descriptors or the like: do not spin.
+                    std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
                 let mut buf = [0u8; 1024];

@@ -21,6 +21,5 @@ pub mod services;
 pub mod test_run;
 
 pub use gangplank_sim::bench_options::{
-    Dataplane, IptablesBackend, PacketOptions, ServicesOptions,
+    Dataplane, IptablesBackend, PacketOptions, ServicesOptions, FONT_PATHS,
 };
-pub use plot::FONT_PATHS;

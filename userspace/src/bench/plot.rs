@@ -11,20 +11,12 @@ use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use gangplank_sim::bench_options::Dataplane;
+use gangplank_sim::bench_options::{Dataplane, FONT_PATHS};
 use gangplank_sim::measure::median;
 
 use super::services::{ConnRun, ModeResult, RunsOf};
 
 const FONT: &str = "sans-serif";
-
-/// Where distributions install DejaVu Sans (Debian and Ubuntu, Fedora,
-/// Arch).
-pub const FONT_PATHS: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
 
 fn register_font() -> Result<()> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();

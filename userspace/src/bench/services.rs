@@ -20,7 +20,7 @@
 //! - **nftables**: kube-proxy's nftables-mode table, applied with `nft -f`.
 //!
 //! Each mode is measured with nothing of the others in place (conntrack is
-//! flushed between modes). Measured, `--repeats` times each:
+//! flushed between modes). Measured, `--conn-repeats` times each:
 //!
 //! - ClusterIP from the client pod: `gangplank bench-conn` opens connections to the
 //!   cluster IPs of a sample of up to 32 Services spread through the set
@@ -77,7 +77,7 @@ const CHANGES: usize = 5;
 /// The simulated cluster's pod CIDR (both nodes' /24s), kube-proxy's
 /// `--cluster-cidr`.
 const CLUSTER_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 0, 0), 16);
-/// The cluster IPs' range (`bench::vip`).
+/// The cluster IPs' range (`gangplank_sim::measure::service_ip`).
 const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 128, 0), 17);
 
 /// One load run.
@@ -300,6 +300,21 @@ struct Tools {
 }
 
 impl Tools {
+    /// `iptables-restore` of `file`.
+    fn iptables(&self, file: &Path) -> Command {
+        let mut cmd = Command::new(self.iptables_restore);
+        cmd.arg(file);
+        self.private_lock(cmd)
+    }
+
+    /// `cmd` with iptables' lock file in the cluster's temp dir: the
+    /// legacy backend otherwise takes the machine's /run/xtables.lock,
+    /// and a long restore would hold off the node's own kube-proxy.
+    fn private_lock(&self, mut cmd: Command) -> Command {
+        cmd.env("XTABLES_LOCKFILE", self.work.join("xtables.lock"));
+        cmd
+    }
+
     /// `gangplank bench-conn`, to which the caller adds arguments.
     fn conn_cmd(&self) -> Command {
         let mut cmd = Command::new(&self.gangplank);
@@ -508,17 +523,35 @@ fn gangplank_mode(
             socket_lb: Some(socket_lb),
         })
     })();
-    agent.stop()?;
-    let mut cmd = gangplank_sim::agent::gangplank_cmd()?;
-    cmd.arg("uninstall")
-        .arg("--bpffs")
-        .arg(&c.node("node-a").bpffs)
-        .arg("--cgroup")
-        .arg(&c.node("node-a").cgroup);
-    run_on_node(c, cmd, "gangplank uninstall")?;
-    // Back to the unchanged file for the other modes.
-    write_changed_service(c, 0)?;
-    result
+    let cleanup = (|| {
+        agent.stop()?;
+        let mut cmd = gangplank_sim::agent::gangplank_cmd()?;
+        cmd.arg("uninstall")
+            .arg("--bpffs")
+            .arg(&c.node("node-a").bpffs)
+            .arg("--cgroup")
+            .arg(&c.node("node-a").cgroup);
+        run_on_node(c, cmd, "gangplank uninstall")?;
+        // Back to the unchanged file for the other modes.
+        write_changed_service(c, 0)
+    })();
+    first_error(result, cleanup)
+}
+
+/// A mode's result, unless it failed, then its clean-up's error: when
+/// both fail, the mode's error is the one that says what went wrong (the
+/// clean-up's is printed).
+fn first_error<T>(result: Result<T>, cleanup: Result<()>) -> Result<T> {
+    match (result, cleanup) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Ok(_), Err(e)) => Err(e.context("cleaning up after the measurement")),
+        (Err(e), cleanup) => {
+            if let Err(c) = cleanup {
+                eprintln!("cleaning up after the failure below also failed: {c:#}");
+            }
+            Err(e)
+        }
+    }
 }
 
 fn ranges() -> ClusterRanges {
@@ -591,7 +624,7 @@ fn rules_mode(
     let (work, overhead) = (&tools.work, tools.overhead);
     let file = work.join(rm.files[0]);
     std::fs::write(&file, &rm.whole)?;
-    let took = run_on_node(c, rm.command(&file, 0), rm.program_what)?;
+    let took = run_on_node(c, tools.private_lock(rm.command(&file, 0)), rm.program_what)?;
     let program_ms = ms(took.saturating_sub(overhead));
     let (cluster_ip, node_port, stream) = measure(c, tools, opts, rm.mode, n)?;
     let index = ports
@@ -604,7 +637,11 @@ fn rules_mode(
         let next = changed_ports(&current, index, g, c);
         let file = work.join(rm.files[1]);
         std::fs::write(&file, (rm.change)(&next, index, &current[index]))?;
-        let took = run_on_node(c, rm.command(&file, 1), "applying an endpoint change")?;
+        let took = run_on_node(
+            c,
+            tools.private_lock(rm.command(&file, 1)),
+            "applying an endpoint change",
+        )?;
         change_ms.push(ms(took.saturating_sub(overhead)));
         current = next;
     }
@@ -643,20 +680,22 @@ fn iptables_mode(
         program_what: "iptables-restore of the whole ruleset",
     };
     let result = rules_mode(c, tools, opts, n, ports, &rm);
-    // An empty restore leaves both tables without rules or chains; nft
-    // flush then removes the tables themselves (nf_tables backend).
-    let empty = tools.work.join("iptables-empty.rules");
-    std::fs::write(&empty, "*filter\nCOMMIT\n*nat\nCOMMIT\n")?;
-    let mut cmd = Command::new(tools.iptables_restore);
-    cmd.arg(&empty);
-    run_on_node(c, cmd, "iptables-restore (emptying)")?;
-    if opts.iptables == IptablesBackend::Nft {
-        let mut cmd = Command::new("nft");
-        cmd.args(["flush", "ruleset"]);
-        run_on_node(c, cmd, "nft flush ruleset")?;
-    }
-    conntrack_flush(c, tools)?;
-    result
+    let cleanup = (|| {
+        // An empty restore leaves both tables without rules or chains; nft
+        // flush then removes the tables themselves (nf_tables backend).
+        // iptables-legacy's tables stay registered in node-a's namespace
+        // (empty) for the rest of the run: x_tables cannot drop them.
+        let empty = tools.work.join("iptables-empty.rules");
+        std::fs::write(&empty, "*filter\nCOMMIT\n*nat\nCOMMIT\n")?;
+        run_on_node(c, tools.iptables(&empty), "iptables-restore (emptying)")?;
+        if opts.iptables == IptablesBackend::Nft {
+            let mut cmd = Command::new("nft");
+            cmd.args(["flush", "ruleset"]);
+            run_on_node(c, cmd, "nft flush ruleset")?;
+        }
+        conntrack_flush(c, tools)
+    })();
+    first_error(result, cleanup)
 }
 
 fn nftables_mode(
@@ -681,11 +720,15 @@ fn nftables_mode(
         program_what: "nft -f of the whole table",
     };
     let result = rules_mode(c, tools, opts, n, ports, &rm);
-    let mut cmd = Command::new("nft");
-    cmd.args(["delete", "table", "ip", "kube-proxy"]);
-    run_on_node(c, cmd, "nft delete table")?;
-    conntrack_flush(c, tools)?;
-    result
+    let cleanup = (|| {
+        let mut cmd = Command::new("nft");
+        // (After a failed `nft -f`, which is atomic, there is no table to
+        // delete; `first_error` then reports the failure, not this.)
+        cmd.args(["delete", "table", "ip", "kube-proxy"]);
+        run_on_node(c, cmd, "nft delete table")?;
+        conntrack_flush(c, tools)
+    })();
+    first_error(result, cleanup)
 }
 
 fn start_servers(c: &Cluster, tools: &Tools) -> Result<Vec<Proc>> {
@@ -724,10 +767,17 @@ fn installed(program: &str) -> bool {
 fn needs(d: Dataplane, opts: &ServicesOptions) -> Vec<(&'static str, &'static str)> {
     match d {
         Dataplane::Gangplank => vec![],
-        Dataplane::Iptables => vec![
-            (opts.iptables.restore_command(), "iptables"),
-            ("conntrack", "conntrack"),
-        ],
+        Dataplane::Iptables => {
+            let mut v = vec![
+                (opts.iptables.restore_command(), "iptables"),
+                ("conntrack", "conntrack"),
+            ];
+            // The nf_tables backend's empty tables are removed with nft.
+            if opts.iptables == IptablesBackend::Nft {
+                v.push(("nft", "nftables"));
+            }
+            v
+        }
         Dataplane::Nftables => vec![("nft", "nftables"), ("conntrack", "conntrack")],
     }
 }
@@ -783,8 +833,17 @@ pub fn run(opts: &ServicesOptions, out: &Path) -> Result<Vec<ModeResult>> {
     if opts.sizes.is_empty() || opts.sizes.iter().any(|&n| n == 0 || n > 30_000) {
         bail!("--sizes: one or more, each between 1 and 30000");
     }
-    if opts.conn_repeats == 0 || opts.conn_concurrency == 0 || opts.conn_duration <= 0.0 {
-        bail!("--conn-repeats, --conn-concurrency and --conn-duration must be positive");
+    if opts.conn_repeats == 0 || opts.conn_concurrency == 0 {
+        bail!("--conn-repeats and --conn-concurrency must be positive");
+    }
+    if !(opts.conn_duration > 0.0 && opts.conn_duration <= 600.0) {
+        bail!(
+            "--conn-duration {}: must be more than 0 and at most 600 seconds",
+            opts.conn_duration
+        );
+    }
+    if opts.stream_seconds > 600 {
+        bail!("--stream-seconds {}: at most 600", opts.stream_seconds);
     }
     let (dataplanes, mut notes) = choose_dataplanes(opts, installed)?;
     let mut stream_seconds = opts.stream_seconds;
@@ -795,8 +854,17 @@ pub fn run(opts: &ServicesOptions, out: &Path) -> Result<Vec<ModeResult>> {
     for note in &notes {
         println!("note: {note}");
     }
-    let work = out.join("services-work");
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let mut nodes_a = vec![CLIENT_POD];
+    nodes_a.extend(BACKENDS_A);
+    let c = Cluster::new(
+        "bench-services",
+        &[("node-a", &nodes_a), ("node-b", &BACKENDS_B)],
+    )
+    .context("building the simulated cluster")?;
+    // Rule files go to the cluster's own (root's) temp dir, removed with it
+    // whatever happens.
+    let work = c.work_dir().join("rules");
+    std::fs::create_dir(&work).with_context(|| format!("creating {}", work.display()))?;
     let mut tools = Tools {
         gangplank: target_binary("gangplank")?,
         iptables_restore: opts.iptables.restore_command(),
@@ -805,13 +873,6 @@ pub fn run(opts: &ServicesOptions, out: &Path) -> Result<Vec<ModeResult>> {
         work,
         overhead: Duration::ZERO,
     };
-    let mut nodes_a = vec![CLIENT_POD];
-    nodes_a.extend(BACKENDS_A);
-    let c = Cluster::new(
-        "bench-services",
-        &[("node-a", &nodes_a), ("node-b", &BACKENDS_B)],
-    )
-    .context("building the simulated cluster")?;
     let _servers = start_servers(&c, &tools)?;
     tools.overhead = spawn_overhead(&c)?;
     let mut results = Vec::new();
@@ -844,7 +905,6 @@ pub fn run(opts: &ServicesOptions, out: &Path) -> Result<Vec<ModeResult>> {
         }
     }
     drop(c);
-    let _ = std::fs::remove_dir_all(&tools.work);
     let plots = match plot::services(&results, out) {
         Ok(plots) => plots,
         Err(e) => {
@@ -1027,11 +1087,17 @@ mod tests {
     fn dataplanes_follow_the_tools_installed() {
         let no_nft = |p: &str| p != "nft";
         let (chosen, notes) = choose_dataplanes(&opts(&[]), no_nft).expect("choose");
-        assert_eq!(chosen, [Dataplane::Gangplank, Dataplane::Iptables]);
+        // iptables-nft's tables are removed with nft afterwards.
+        assert_eq!(chosen, [Dataplane::Gangplank]);
         assert_eq!(
             notes,
-            ["kube-proxy nftables not measured: nft (package nftables) not installed"]
+            [
+                "kube-proxy iptables not measured: nft (package nftables) not installed",
+                "kube-proxy nftables not measured: nft (package nftables) not installed"
+            ]
         );
+        let (chosen, _) = choose_dataplanes(&opts(&["--iptables=legacy"]), no_nft).expect("choose");
+        assert_eq!(chosen, [Dataplane::Gangplank, Dataplane::Iptables]);
         let err = choose_dataplanes(&opts(&["--dataplanes=gangplank,nftables"]), no_nft)
             .expect_err("nft missing");
         assert_eq!(

@@ -1,6 +1,7 @@
 //! BPF_PROG_TEST_RUN on crafted frames, and direct access to the agent's
-//! pinned maps, so packet-level tests can set up a frontend without running
-//! the agent and check that no map was corrupted.
+//! pinned maps, so that the per-packet benchmark and the packet-level tests
+//! can set up a frontend without running the agent, and the tests can
+//! check that no map was corrupted.
 //!
 //! The map helpers speak only the map contract (`gangplank_common`), not the
 //! agent's writer, so they do not change when the model does.
@@ -15,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError};
 use gangplank_common::*;
 
-/// The loader and the map contract, for users of this module outside the
-/// tests crate (`cargo xtask bench` depends on this crate only).
+/// The loader and the map contract, for users of this module (the tests
+/// reach everything through it).
 pub use crate::dataplane::Datapath;
 pub use gangplank_common as contract;
 
@@ -601,62 +602,4 @@ pub fn load_constant_program(prog_type: u32, retval: i32) -> io::Result<std::os:
     }
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::os::fd::AsFd;
-
-    use super::super::packet::{Packet, TCP_SYN};
-    use super::*;
-
-    fn frame() -> Vec<u8> {
-        Packet::tcp(
-            "198.18.0.100:40000".parse().unwrap(),
-            "198.18.0.10:30080".parse().unwrap(),
-            TCP_SYN,
-        )
-        .build()
-    }
-
-    #[test]
-    fn test_run_plumbing_with_constant_programs() {
-        gangplank_sim::check_privileges().expect("needs root");
-        let xdp = load_constant_program(PROG_TYPE_XDP, XDP_PASS as i32).expect("load XDP");
-        let r = run(xdp.as_fd(), &frame(), Ctx::None, 1000).expect("XDP test run");
-        assert_eq!(r.retval, XDP_PASS);
-        assert_eq!(r.data, frame(), "unchanged frame comes back");
-        assert!(r.duration_ns < 10_000, "{r:?}");
-        let r = run(
-            xdp.as_fd(),
-            &frame(),
-            Ctx::Xdp(XdpCtx {
-                ingress_ifindex: 1,
-                rx_queue_index: 0,
-            }),
-            1,
-        )
-        .expect("XDP test run with a loopback context");
-        assert_eq!(r.retval, XDP_PASS);
-
-        let tc = load_constant_program(PROG_TYPE_SCHED_CLS, TC_ACT_SHOT as i32).expect("load tc");
-        let r = run(
-            tc.as_fd(),
-            &frame(),
-            Ctx::Skb(SkbCtx {
-                ifindex: 1,
-                ..SkbCtx::default()
-            }),
-            1,
-        )
-        .expect("tc test run");
-        assert_eq!(r.retval, TC_ACT_SHOT);
-        assert_eq!(r.data, frame());
-
-        // Shorter than an Ethernet header: refused before the program runs.
-        let e = run(tc.as_fd(), &frame()[..13], Ctx::None, 1).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
-        let e = run(xdp.as_fd(), &frame()[..13], Ctx::None, 1).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
-    }
 }

@@ -70,7 +70,7 @@ impl Ns {
 }
 
 /// The simulated node: lo, eth0 (veth uplink), cbr0 (pod bridge), veth0/1
-/// (pod veths on cbr0), as `tests/src/cluster.rs` builds it.
+/// (pod veths on cbr0), as `sim/src/cluster.rs` builds it.
 fn simulated_node() -> Ns {
     Ns::default()
         .link(1, "lo", None)
