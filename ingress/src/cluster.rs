@@ -11,7 +11,7 @@ use gangplank_ingress::route::IngressRef;
 use gangplank_ingress::status::{plan, IngressStatus, LbAddress};
 use gangplank_ingress::tls::SecretRef;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Patch, PatchParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -125,9 +125,30 @@ async fn run(
                 let api: Api<Ingress> = Api::namespaced(client.clone(), &update.ingress.namespace);
                 let addresses: Vec<serde_json::Value> =
                     update.addresses.iter().map(LbAddress::to_json).collect();
-                let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": addresses}}});
-                let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-                let write = api.patch_status(&update.ingress.name, &params, &patch);
+                // An update (PUT) of the status subresource, without a
+                // resourceVersion: Ingress status has no other field, the
+                // API server takes nothing but the status from it, and
+                // Ingresses allow unconditional updates. So the chart's
+                // RBAC grants `update` on ingresses/status and no other
+                // write to Ingresses.
+                let body = serde_json::json!({
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "Ingress",
+                    "metadata": {
+                        "name": update.ingress.name.to_string(),
+                        "namespace": update.ingress.namespace.to_string(),
+                    },
+                    "status": {"loadBalancer": {"ingress": addresses}},
+                });
+                let body: Ingress = match serde_json::from_value(body) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        warn!(ingress = %update.ingress, error = %e, "cannot encode Ingress status");
+                        continue;
+                    }
+                };
+                let params = PostParams::default();
+                let write = api.replace_status(&update.ingress.name, &params, &body);
                 let written_now = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
                     Ok(result) => result.map_err(|e| gangplank::source::kube::describe(&e)),
                     Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
