@@ -2,6 +2,7 @@
 //! eBPF load-balancer maps out (source → model → dataplane).
 pub mod agent;
 pub mod bench;
+pub mod cleanup;
 pub mod dataplane;
 pub mod devices;
 pub mod health;

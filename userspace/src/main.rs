@@ -57,6 +57,32 @@ enum Command {
     /// throughput, programming time; then each datapath program's cost per
     /// packet. Needs root; leaves nothing behind.
     Bench(BenchArgs),
+    /// Mount a bpf filesystem at DIR unless one is there (the Helm chart's
+    /// init container, for nodes without /sys/fs/bpf).
+    MountBpffs {
+        /// Where to mount it.
+        #[arg(default_value = "/sys/fs/bpf")]
+        dir: PathBuf,
+    },
+    /// (internal) wait for SIGTERM: the Helm chart's clean-up pods, Ready
+    /// once their node is clean.
+    #[command(hide = true)]
+    Pause,
+    /// Wait until every pod of a DaemonSet is Ready, then delete it: the
+    /// Helm chart's post-delete Job, waiting for `gangplank uninstall` to
+    /// have run on every node.
+    UninstallWait {
+        /// The clean-up DaemonSet, NAMESPACE/NAME.
+        #[arg(long, value_parser = parse_namespaced)]
+        daemonset: (String, String),
+        /// Seconds to wait before failing.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the
+        /// pod's service account).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// (internal) the benchmark's load generator and backend server, run
     /// inside the simulated pods.
     #[command(name = "bench-conn", hide = true)]
@@ -139,6 +165,15 @@ struct BenchArgs {
     /// data (services.json) and the plots.
     #[arg(long, default_value = "gangplank-bench")]
     out: PathBuf,
+}
+
+fn parse_namespaced(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected NAMESPACE/NAME")),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -284,6 +319,32 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::BenchConn(args) => gangplank::bench::conn::run(&args),
+        Command::MountBpffs { dir } => {
+            if gangplank::cleanup::mount_bpffs(&dir)? {
+                println!("mounted a bpf filesystem at {}", dir.display());
+            } else {
+                println!("{} is already a bpf filesystem", dir.display());
+            }
+            Ok(())
+        }
+        Command::Pause => runtime()?.block_on(gangplank::cleanup::pause()),
+        Command::UninstallWait {
+            daemonset: (namespace, name),
+            timeout,
+            kubeconfig,
+        } => runtime()?.block_on(async {
+            let client = gangplank::source::kube::connect(&gangplank::source::kube::KubeOptions {
+                kubeconfig,
+            })
+            .await?;
+            gangplank::cleanup::wait_and_delete(
+                client,
+                &namespace,
+                &name,
+                std::time::Duration::from_secs(timeout),
+            )
+            .await
+        }),
         Command::Uninstall { cgroup, bpffs } => {
             preflight::require_root()?;
             let removed = dataplane::loader::uninstall(&bpffs)?;
@@ -313,4 +374,13 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A runtime for the commands that talk to the API server or wait for
+/// signals (the agent builds its own).
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }

@@ -58,6 +58,11 @@ pub fn require_root() -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `path` itself is the root or a directory of a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    fs_magic(path) == Some(BPF_FS_MAGIC)
+}
+
 pub fn require_bpffs(path: &Path) -> Result<(), Error> {
     let on_bpffs = existing_ancestor(path).and_then(fs_magic) == Some(BPF_FS_MAGIC);
     if !on_bpffs {
