@@ -14,6 +14,7 @@ pub use gangplank_sim::{
 };
 
 pub mod bpf;
+pub mod chart;
 pub mod fake_api;
 pub mod ingress;
 pub mod northsouth;

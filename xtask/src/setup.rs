@@ -42,6 +42,7 @@ const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 pub fn setup() -> Result<()> {
     install_packages(PACKAGES)?;
     install_plot_font()?;
+    install_python_tools()?;
     install_rust_src()?;
     install_bpf_linker()?;
     check_kernel()?;
@@ -180,6 +181,40 @@ fn nightly_llvm(sysroot: &Path) -> Result<(u32, PathBuf)> {
 
 pub fn tools_dir() -> PathBuf {
     root_dir().join(".tools")
+}
+
+/// The Kubernetes object validator the chart's tests run (official
+/// OpenAPI schemas of Kubernetes 1.37, offline), with jsonschema for
+/// values.schema.json, in a virtualenv under `.tools/venv`.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+fn install_python_tools() -> Result<()> {
+    let venv = tools_dir().join("venv");
+    let marker = venv.join(KUBERNETES_VALIDATE);
+    if marker.is_file() {
+        return Ok(());
+    }
+    if !have("python3") {
+        install_missing(&["python3", "python3-venv"])?;
+    }
+    if !venv.join("bin/pip").is_file() {
+        let status = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            // Debian's python3 lacks the venv module without this package.
+            install_missing(&["python3-venv"])?;
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        }
+    }
+    eprintln!(
+        "xtask: installing {KUBERNETES_VALIDATE} into {}",
+        venv.display()
+    );
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", KUBERNETES_VALIDATE]))?;
+    std::fs::write(&marker, "").with_context(|| format!("writing {}", marker.display()))
 }
 
 fn install_bpf_linker() -> Result<()> {
