@@ -320,6 +320,68 @@ fn add(args: &[Value]) -> Result<Value, FuncError> {
     Ok(Value::Number(Number::from(sum)))
 }
 
+/// The RBAC rules the chart (default values) grants `service_account`
+/// (`<release>-agent`, `<release>-ingress`), as the fake API server
+/// enforces them: every (Cluster)RoleBinding naming it, with its role's
+/// rules (a Role's only in its namespace).
+pub fn rbac_rules(
+    release: &str,
+    namespace: &str,
+    service_account: &str,
+) -> Result<Vec<crate::fake_api::PolicyRule>> {
+    let objects = objects(&render(release, namespace, &serde_json::json!({}))?);
+    let strings = |v: &Json| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut rules = Vec::new();
+    for binding in objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+    {
+        let bound = binding["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| {
+                s["kind"] == "ServiceAccount"
+                    && s["name"] == service_account
+                    && s["namespace"] == namespace
+            });
+        if !bound {
+            continue;
+        }
+        let role_kind = &binding["roleRef"]["kind"];
+        let role_name = &binding["roleRef"]["name"];
+        let role = objects
+            .iter()
+            .find(|o| &o["kind"] == role_kind && &o["metadata"]["name"] == role_name)
+            .with_context(|| format!("{role_kind} {role_name} is bound but not rendered"))?;
+        // A RoleBinding grants in its own namespace only.
+        let scope = (binding["kind"] == "RoleBinding")
+            .then(|| binding["metadata"]["namespace"].as_str().map(String::from))
+            .flatten();
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            rules.push(crate::fake_api::PolicyRule {
+                api_groups: strings(&rule["apiGroups"]),
+                resources: strings(&rule["resources"]),
+                verbs: strings(&rule["verbs"]),
+                resource_names: strings(&rule["resourceNames"]),
+                namespace: scope.clone(),
+            });
+        }
+    }
+    if rules.is_empty() {
+        bail!("the chart grants {namespace}/{service_account} nothing");
+    }
+    Ok(rules)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,7 @@ use tokio::task::JoinSet;
 use store::{
     forbidden_message, matches_fields, resource_of_kind, status, Change, Key, Store, WriteError,
 };
-pub use store::{merge_patch, Resource, RESOURCES};
+pub use store::{merge_patch, PolicyRule, Resource, RESOURCES};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -67,6 +67,8 @@ struct Shared {
     cut: watch::Sender<u64>,
     refusing: watch::Sender<bool>,
     writes: Mutex<Vec<Recorded>>,
+    /// Requests RBAC refused.
+    refused: Mutex<Vec<String>>,
     /// `path?query` of every request.
     requests: Mutex<Vec<String>>,
     bookmark_interval: Duration,
@@ -118,6 +120,7 @@ impl FakeApi {
             cut: watch::channel(0).0,
             refusing: watch::channel(false).0,
             writes: Mutex::default(),
+            refused: Mutex::default(),
             requests: Mutex::default(),
             bookmark_interval,
         });
@@ -265,6 +268,26 @@ impl FakeApi {
             .store()
             .denied
             .insert((verb.to_owned(), plural.to_owned()));
+    }
+
+    /// Turns RBAC on: from now on, a request with bearer token `token`
+    /// (see [`FakeApi::kubeconfig`]) is allowed only if one of `rules`
+    /// allows it, and a request with a token without rules is refused.
+    pub fn authorize(&self, token: &str, rules: Vec<PolicyRule>) {
+        self.shared
+            .store()
+            .authorized
+            .insert(token.to_owned(), rules);
+    }
+
+    /// Requests refused by RBAC ([`FakeApi::authorize`]) so far:
+    /// `verb resource namespace/name`.
+    pub fn refused(&self) -> Vec<String> {
+        self.shared
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Undoes [`FakeApi::deny`].
@@ -511,6 +534,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
+    if let Some(refusal) = rbac_refusal(&shared, &target, verb, token.as_deref()) {
+        let message = forbidden_message(verb, &target.resource, target.namespace.as_deref());
+        shared
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(refusal);
+        return Ok(failure(403, "Forbidden", &message));
+    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(failure(400, "BadRequest", "unreadable body")),
@@ -566,6 +598,45 @@ fn item_key(target: &Target) -> Key {
         },
         target.name.clone().unwrap_or_default(),
     )
+}
+
+/// With RBAC on, why the request is refused (`verb resource ns/name`).
+fn rbac_refusal(
+    shared: &Shared,
+    target: &Target,
+    verb: &str,
+    token: Option<&str>,
+) -> Option<String> {
+    let store = shared.store();
+    if store.authorized.is_empty() {
+        return None;
+    }
+    let resource = if target.status {
+        format!("{}/status", target.resource.plural)
+    } else {
+        target.resource.plural.to_owned()
+    };
+    let allowed = token
+        .and_then(|t| store.authorized.get(t))
+        .is_some_and(|rules| {
+            rules.iter().any(|r| {
+                r.allows(
+                    verb,
+                    target.resource.group(),
+                    &resource,
+                    target.namespace.as_deref(),
+                    target.name.as_deref(),
+                )
+            })
+        });
+    (!allowed).then(|| {
+        format!(
+            "{verb} {resource} {}/{} (token {})",
+            target.namespace.as_deref().unwrap_or(""),
+            target.name.as_deref().unwrap_or(""),
+            token.unwrap_or("none")
+        )
+    })
 }
 
 fn write(shared: &Shared, target: &Target, verb: &str, body: &[u8]) -> Response<Body> {

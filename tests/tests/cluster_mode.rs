@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use gangplank_tests::agent::{Agent, AgentOpts};
+use gangplank_tests::chart;
 use gangplank_tests::fake_api::FakeApi;
 use gangplank_tests::manifests::{Endpoint, EndpointSlice, Service, Target};
 use gangplank_tests::{Cluster, ProbeResult, Proc};
@@ -22,6 +23,19 @@ struct Env {
     _servers: Vec<Proc>,
     c: Cluster,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Env {
+    /// Every test ran within the chart's RBAC (unless it failed already).
+    fn drop(&mut self) {
+        let refused = self.api.refused();
+        if !std::thread::panicking() {
+            assert!(
+                refused.is_empty(),
+                "the chart's RBAC refused the agent: {refused:?}"
+            );
+        }
+    }
 }
 
 fn service(name: &str, ip: Ipv4Addr) -> String {
@@ -57,6 +71,10 @@ fn env(test: &str) -> Env {
         .expect("node");
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = api.kubeconfig(dir.path(), "node-a").expect("kubeconfig");
+    // Exactly what the Helm chart grants the agent: anything more is
+    // refused, and Env's drop checks nothing was.
+    let rules = chart::rbac_rules("gangplank", "kube-system", "gangplank-agent").expect("rules");
+    api.authorize("node-a", rules);
     let opts = AgentOpts {
         metrics_addr: Some(METRICS.into()),
         ..AgentOpts::default()

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use gangplank_tests::chart;
 use gangplank_tests::fake_api::FakeApi;
 use gangplank_tests::ingress::{
     ingress_class, service, tls_secret, Env, Ingress, IngressProxy, CLASS,
@@ -88,6 +89,12 @@ fn serves_from_the_api_and_only_the_leader_writes_status() {
     let kc_b = api
         .kubeconfig(e.c.manifests_dir().parent().expect("dir"), "ingress-b")
         .expect("kubeconfig");
+    // Exactly what the Helm chart grants the proxy (release "gangplank",
+    // whose leader Lease is the proxy's default --election-id).
+    let rules =
+        chart::rbac_rules("gangplank", "ingress-system", "gangplank-ingress").expect("rules");
+    api.authorize("ingress-a", rules.clone());
+    api.authorize("ingress-b", rules);
     let flags = |name: &'static str| {
         vec![
             "--publish-address",
@@ -189,4 +196,6 @@ fn serves_from_the_api_and_only_the_leader_writes_status() {
         status_ips(&api, "site").is_empty()
     });
     drop(b);
+    let refused = api.refused();
+    assert!(refused.is_empty(), "the chart's RBAC refused: {refused:?}");
 }

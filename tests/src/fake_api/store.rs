@@ -107,6 +107,9 @@ pub struct Store {
     uid: u64,
     /// `(verb, plural)` pairs answered 403.
     pub denied: HashSet<(String, String)>,
+    /// With any entry: RBAC, by bearer token. A request is allowed only if
+    /// one of its token's rules allows it (see [`PolicyRule::allows`]).
+    pub authorized: std::collections::HashMap<String, Vec<PolicyRule>>,
 }
 
 /// Why a write was refused.
@@ -332,6 +335,43 @@ pub fn status(code: u16, reason: &str, message: &str) -> Value {
 }
 
 /// The 403 message of the real API server for a denied request.
+/// One RBAC rule of a Role (with `namespace`) or ClusterRole (without),
+/// as the API server's authorizer reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    /// `apiGroups` ("" is the core group).
+    pub api_groups: Vec<String>,
+    /// `resources`, subresources as `ingresses/status`.
+    pub resources: Vec<String>,
+    /// `verbs`.
+    pub verbs: Vec<String>,
+    /// `resourceNames`; empty: any.
+    pub resource_names: Vec<String>,
+    /// The Role's namespace; `None` for a ClusterRole (bound cluster-wide).
+    pub namespace: Option<String>,
+}
+
+impl PolicyRule {
+    /// Whether this rule allows `verb` on `resource` (`ingresses/status`
+    /// for a subresource) of `group`, in `namespace`, on object `name`.
+    pub fn allows(
+        &self,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> bool {
+        let any = |list: &[String], x: &str| list.iter().any(|v| v == "*" || v == x);
+        (self.namespace.is_none() || self.namespace.as_deref() == namespace)
+            && any(&self.verbs, verb)
+            && any(&self.api_groups, group)
+            && any(&self.resources, resource)
+            && (self.resource_names.is_empty()
+                || name.is_some_and(|n| self.resource_names.iter().any(|r| r == n)))
+    }
+}
+
 pub fn forbidden_message(verb: &str, resource: &Resource, namespace: Option<&str>) -> String {
     let scope = match namespace {
         Some(ns) => format!("in the namespace \"{ns}\""),
