@@ -73,6 +73,14 @@ pub const RESOURCES: &[Resource] = &[
         plural: "leases",
         namespaced: true,
     },
+    // The chart's clean-up DaemonSet, which `gangplank uninstall-wait`
+    // follows and deletes.
+    Resource {
+        kind: "DaemonSet",
+        api_version: "apps/v1",
+        plural: "daemonsets",
+        namespaced: true,
+    },
 ];
 
 /// The resource type of `kind`.
