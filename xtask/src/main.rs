@@ -10,6 +10,7 @@ mod bench_ingress;
 mod bench_options;
 #[cfg(feature = "harness")]
 mod demo;
+mod image;
 mod setup;
 
 use std::path::PathBuf;
@@ -47,6 +48,15 @@ enum Cmd {
     /// datapath's per-packet cost (`--only control|packets` for one part);
     /// `bench ingress`: gangplank-ingress against nginx and haproxy.
     Bench(bench_options::Options),
+    /// Set up, then build the OCI image (Containerfile) with buildah:
+    /// static `gangplank` and `gangplank-ingress` on an empty base; check
+    /// it and write target/image/gangplank-<version>.oci.tar.
+    Image {
+        /// Remove the image from buildah's storage afterwards (keep only
+        /// the archive).
+        #[arg(long)]
+        remove: bool,
+    },
     /// (internal) `bench` from the release build, with the harness.
     #[command(hide = true)]
     BenchRelease(bench_options::Options),
@@ -115,7 +125,13 @@ fn test(args: &[String]) -> Result<()> {
     run(cargo().args(["test", "--"]).args(args).env(
         "RUST_TEST_THREADS",
         std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "4".into()),
-    ))
+    ))?;
+    // The image is built and checked (files, static binaries, `--version`
+    // from the mounted image) on a full run, not for a filtered one.
+    if args.is_empty() {
+        image::image(&image::Options { keep: false })?;
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -147,6 +163,10 @@ fn main() -> Result<()> {
             let mut args = vec!["bench-release".to_string()];
             args.extend(opts.to_args());
             with_harness(true, &args)
+        }
+        Cmd::Image { remove } => {
+            setup::setup()?;
+            image::image(&image::Options { keep: !remove }).map(|_| ())
         }
         Cmd::BenchRelease(opts) => harness::bench(opts),
         Cmd::DemoRun => harness::demo(),

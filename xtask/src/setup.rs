@@ -25,6 +25,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("iperf3", "iperf3"),
     ("conntrack", "conntrack"),
+    // The image (`cargo xtask image`, part of the test run): buildah, and
+    // a musl C compiler for the C code of ring and mimalloc.
+    ("buildah", "buildah"),
+    ("musl-gcc", "musl-tools"),
 ];
 
 /// What `cargo xtask bench ingress` compares gangplank-ingress with, and
@@ -44,6 +48,7 @@ pub fn setup() -> Result<()> {
     install_plot_font()?;
     install_python_tools()?;
     install_rust_src()?;
+    install_musl_target()?;
     install_bpf_linker()?;
     check_kernel()?;
     Ok(())
@@ -145,6 +150,25 @@ fn nightly_sysroot() -> Result<PathBuf> {
         );
     }
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// The static-binary target of the image.
+fn install_musl_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(root_dir())
+        .output()
+        .context("running `rustup target list`")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "x86_64-unknown-linux-musl")
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the x86_64-unknown-linux-musl target");
+    run(Command::new("rustup")
+        .args(["target", "add", "x86_64-unknown-linux-musl"])
+        .current_dir(root_dir()))
 }
 
 fn install_rust_src() -> Result<()> {
