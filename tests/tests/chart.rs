@@ -349,6 +349,8 @@ fn the_agent_runs_on_every_node_with_only_the_capabilities_it_needs() {
     let ds = get(&objects, "DaemonSet", "gp-agent");
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["hostNetwork"], true);
+    // Not cluster DNS: it is a Service, served only once the agent runs.
+    assert_eq!(spec["dnsPolicy"], "Default");
     assert_eq!(spec["priorityClassName"], "system-node-critical");
     assert_eq!(spec["tolerations"], json!([{"operator": "Exists"}]));
     assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
@@ -631,6 +633,7 @@ fn uninstall_cleans_every_node_through_post_delete_hooks() {
     // No agent, no `kubernetes` ClusterIP: the Job reaches the API server
     // directly.
     assert_eq!(job["spec"]["template"]["spec"]["hostNetwork"], true);
+    assert_eq!(job["spec"]["template"]["spec"]["dnsPolicy"], "Default");
     // Off: nothing of it.
     let objects = chart::objects(&render(&json!({"cleanup": {"enabled": false}})));
     assert!(objects
