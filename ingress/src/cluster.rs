@@ -95,6 +95,36 @@ impl Drop for StatusWriter {
     }
 }
 
+/// Sets `status.loadBalancer.ingress` of Ingress `name` with a read and an
+/// update (PUT) of the status subresource, as ingress-nginx does. The PUT
+/// carries the whole object as read: for Ingresses the API server takes
+/// metadata (labels, annotations, finalizers) from the body and only the
+/// spec from storage, so a body with less would erase them. A conflict
+/// (the Ingress changed in between) is read and tried again.
+async fn write_status(
+    api: &Api<Ingress>,
+    name: &str,
+    addresses: Vec<serde_json::Value>,
+) -> Result<Ingress, kube::Error> {
+    let load_balancer: k8s_openapi::api::networking::v1::IngressLoadBalancerStatus =
+        serde_json::from_value(serde_json::json!({"ingress": addresses}))
+            .map_err(kube::Error::SerdeError)?;
+    let mut attempt = 0;
+    loop {
+        let mut ingress = api.get(name).await?;
+        ingress.status = Some(k8s_openapi::api::networking::v1::IngressStatus {
+            load_balancer: Some(load_balancer.clone()),
+        });
+        match api
+            .replace_status(name, &PostParams::default(), &ingress)
+            .await
+        {
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < 3 => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
 /// How long one status write may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -125,30 +155,7 @@ async fn run(
                 let api: Api<Ingress> = Api::namespaced(client.clone(), &update.ingress.namespace);
                 let addresses: Vec<serde_json::Value> =
                     update.addresses.iter().map(LbAddress::to_json).collect();
-                // An update (PUT) of the status subresource, without a
-                // resourceVersion: Ingress status has no other field, the
-                // API server takes nothing but the status from it, and
-                // Ingresses allow unconditional updates. So the chart's
-                // RBAC grants `update` on ingresses/status and no other
-                // write to Ingresses.
-                let body = serde_json::json!({
-                    "apiVersion": "networking.k8s.io/v1",
-                    "kind": "Ingress",
-                    "metadata": {
-                        "name": update.ingress.name.to_string(),
-                        "namespace": update.ingress.namespace.to_string(),
-                    },
-                    "status": {"loadBalancer": {"ingress": addresses}},
-                });
-                let body: Ingress = match serde_json::from_value(body) {
-                    Ok(body) => body,
-                    Err(e) => {
-                        warn!(ingress = %update.ingress, error = %e, "cannot encode Ingress status");
-                        continue;
-                    }
-                };
-                let params = PostParams::default();
-                let write = api.replace_status(&update.ingress.name, &params, &body);
+                let write = write_status(&api, &update.ingress.name, addresses);
                 let written_now = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
                     Ok(result) => result.map_err(|e| gangplank::source::kube::describe(&e)),
                     Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),

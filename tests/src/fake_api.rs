@@ -652,10 +652,12 @@ fn write(shared: &Shared, target: &Target, verb: &str, body: &[u8]) -> Response<
         ("create", _) => sent,
         (_, None) => return write_failure(WriteError::NotFound),
         ("update", Some(current)) if target.status => {
-            // The status subresource changes nothing but the status.
-            let mut object = current;
-            object["status"] = sent["status"].clone();
-            object["metadata"]["resourceVersion"] = sent["metadata"]["resourceVersion"].clone();
+            // As the real API server's status strategies for built-in
+            // kinds (Ingress): only the spec is kept from storage;
+            // metadata (labels, annotations, finalizers) comes from the
+            // body, so a client that sends less erases them.
+            let mut object = sent;
+            object["spec"] = current["spec"].clone();
             object
         }
         ("update", Some(_)) => sent,

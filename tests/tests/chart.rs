@@ -548,7 +548,12 @@ fn rbac_grants_exactly_what_each_binary_follows() {
             &["list", "watch"],
             &[],
         ),
-        row("networking.k8s.io", "ingresses", &["list", "watch"], &[]),
+        row(
+            "networking.k8s.io",
+            "ingresses",
+            &["get", "list", "watch"],
+            &[],
+        ),
         row("networking.k8s.io", "ingresses/status", &["update"], &[]),
     ];
     ingress.sort();

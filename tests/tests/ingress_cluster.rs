@@ -79,6 +79,7 @@ fn serves_from_the_api_and_only_the_leader_writes_status() {
     );
     let web = Ingress::new("default", "web")
         .class(Some(CLASS))
+        .annotation("example.com/owner", "team-web")
         .tls(&["web.example"], "web-tls")
         .host("web.example", "web", 80);
     apply_all(&api, &[web.to_yaml()]);
@@ -148,6 +149,13 @@ fn serves_from_the_api_and_only_the_leader_writes_status() {
     wait("the status", Duration::from_secs(10), || {
         status_ips(&api, "web") == [PUBLISHED]
     });
+    // Writing the status keeps the rest of the object (a status update
+    // takes metadata from its body).
+    let stored = api.get("Ingress", Some("default"), "web").expect("web");
+    assert_eq!(
+        stored["metadata"]["annotations"]["example.com/owner"], "team-web",
+        "{stored}"
+    );
     let writers = status_writers(&api, "web");
     assert!(
         !writers.is_empty() && writers.iter().all(|w| *w == leader),
