@@ -122,13 +122,17 @@ fn read_yaml(path: &Path) -> Result<Json> {
     serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Helm's merge of `-f` values: maps merge key by key, anything else
-/// replaces.
+/// Helm's merge of `-f` values: maps merge key by key, `null` removes a
+/// key, anything else replaces.
 pub fn merge(base: &mut Json, over: &Json) {
     match (base, over) {
         (Json::Object(b), Json::Object(o)) => {
             for (k, v) in o {
-                merge(b.entry(k.clone()).or_insert(Json::Null), v);
+                if v.is_null() {
+                    b.remove(k);
+                } else {
+                    merge(b.entry(k.clone()).or_insert(Json::Null), v);
+                }
             }
         }
         (b, o) => *b = o.clone(),
@@ -431,11 +435,11 @@ mod tests {
         let mut base = serde_json::json!({"a": {"b": 1, "c": [1, 2]}, "d": true});
         merge(
             &mut base,
-            &serde_json::json!({"a": {"c": [3]}, "d": false, "e": "x"}),
+            &serde_json::json!({"a": {"c": [3], "b": null}, "d": false, "e": "x"}),
         );
         assert_eq!(
             base,
-            serde_json::json!({"a": {"b": 1, "c": [3]}, "d": false, "e": "x"})
+            serde_json::json!({"a": {"c": [3]}, "d": false, "e": "x"})
         );
     }
 }

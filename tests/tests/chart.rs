@@ -360,6 +360,11 @@ fn the_agent_runs_on_every_node_with_only_the_capabilities_it_needs() {
         agent["securityContext"]["capabilities"],
         json!({"drop": ["ALL"], "add": ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"]})
     );
+    // Pins live below /sys/fs, which default AppArmor profiles deny.
+    assert_eq!(
+        agent["securityContext"]["appArmorProfile"],
+        json!({"type": "Unconfined"})
+    );
     assert_eq!(agent["env"][0]["name"], "NODE_NAME");
     assert_eq!(
         agent["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
@@ -608,8 +613,14 @@ fn uninstall_cleans_every_node_through_post_delete_hooks() {
     assert!(weight(ds) < weight(job));
     assert_eq!(
         ds["metadata"]["annotations"]["helm.sh/hook-delete-policy"],
-        "before-hook-creation"
+        "before-hook-creation,hook-succeeded"
     );
+    // Runs anywhere, and its log outlives it for a while.
+    assert_eq!(
+        job["spec"]["template"]["spec"]["tolerations"],
+        json!([{"operator": "Exists"}])
+    );
+    assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 3600);
     assert_eq!(
         strings(&container(ds, "uninstall")["args"]),
         [
@@ -632,7 +643,7 @@ fn uninstall_cleans_every_node_through_post_delete_hooks() {
         [
             "uninstall-wait",
             "--daemonset=kube-system/gp-cleanup",
-            "--timeout=300"
+            "--timeout=240"
         ]
     );
     // No agent, no `kubernetes` ClusterIP: the Job reaches the API server

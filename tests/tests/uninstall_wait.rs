@@ -1,7 +1,8 @@
 //! `gangplank uninstall-wait`, the Helm chart's post-delete Job, against
 //! the fake API server with the chart's clean-up RBAC: it waits until
 //! every node's clean-up pod is Ready, then deletes the DaemonSet; and it
-//! fails, naming how far it got, when a node never gets there.
+//! fails, naming how far it got, when a node never gets there (deleting
+//! the DaemonSet all the same).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -100,8 +101,21 @@ fn gives_up_naming_what_is_left() {
         output.contains("not done after 2s: 2 of 3 nodes are clean"),
         "{output}"
     );
-    // Left for whoever looks.
+    // Removed all the same: left behind, it would keep a privileged pod
+    // on every node after the release is gone.
     assert!(api
         .get("DaemonSet", Some("kube-system"), "gp-cleanup")
-        .is_some());
+        .is_none());
+}
+
+#[test]
+fn a_missing_daemonset_fails_at_once() {
+    let api = FakeApi::start().expect("fake API");
+    api.authorize("cleanup", cleanup_rules());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    let (ok, output) = finish(start(&api, dir.path(), 30), Duration::from_secs(20));
+    assert!(!ok, "{output}");
+    assert!(output.contains("does not exist"), "{output}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{output}");
 }

@@ -91,8 +91,13 @@ impl Progress {
     }
 }
 
+/// How long one request to the API server may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Waits until every pod of the DaemonSet `namespace/name` is Ready, then
-/// deletes it; fails after `timeout` naming how many nodes are left.
+/// deletes it. After `timeout` it deletes it too (left behind, it would
+/// keep a privileged pod on every node) and fails naming how many nodes
+/// are clean.
 pub async fn wait_and_delete(
     client: Client,
     namespace: &str,
@@ -102,9 +107,9 @@ pub async fn wait_and_delete(
     let api: Api<DaemonSet> = Api::namespaced(client, namespace);
     let deadline = Instant::now() + timeout;
     let mut last: Option<Progress> = None;
-    loop {
-        match api.get(name).await {
-            Ok(ds) => {
+    let outcome = loop {
+        match tokio::time::timeout(REQUEST_TIMEOUT, api.get(name)).await {
+            Ok(Ok(ds)) => {
                 let progress = Progress::of(&ds);
                 if last != Some(progress) {
                     println!(
@@ -114,29 +119,44 @@ pub async fn wait_and_delete(
                     last = Some(progress);
                 }
                 if progress.done() {
-                    break;
+                    break Ok(());
                 }
             }
-            Err(e) => eprintln!(
+            Ok(Err(kube::Error::Api(status))) if status.code == 404 => {
+                bail!("DaemonSet {namespace}/{name} does not exist: nothing tells which nodes are clean");
+            }
+            Ok(Err(e)) => eprintln!(
                 "reading DaemonSet {namespace}/{name}: {}",
                 crate::source::kube::describe(&e)
+            ),
+            Err(_) => eprintln!(
+                "reading DaemonSet {namespace}/{name}: no answer within {REQUEST_TIMEOUT:?}"
             ),
         }
         if Instant::now() >= deadline {
             let left = last.map_or("its status was never read".to_string(), |p| {
                 format!("{} of {} nodes are clean", p.ready, p.desired)
             });
-            bail!(
+            break Err(anyhow::anyhow!(
                 "DaemonSet {namespace}/{name} not done after {}s: {left}; run `gangplank uninstall --cgroup <cgroup2 mount>` on the other nodes",
                 timeout.as_secs()
-            );
+            ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let deleted = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        api.delete(name, &DeleteParams::background()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::anyhow!(crate::source::kube::describe(&e))),
+        Err(_) => Err(anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}")),
     }
-    api.delete(name, &DeleteParams::background())
-        .await
-        .map_err(|e| anyhow::anyhow!(crate::source::kube::describe(&e)))
-        .with_context(|| format!("deleting DaemonSet {namespace}/{name}"))?;
+    .with_context(|| format!("deleting DaemonSet {namespace}/{name}"));
+    outcome?;
+    deleted?;
     println!("{namespace}/{name}: every node is clean; deleted");
     Ok(())
 }
