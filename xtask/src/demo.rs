@@ -69,7 +69,14 @@ fn write(c: &Cluster, pods: &[&str]) -> Result<()> {
     )
 }
 
-/// "pod-a1 ×4, pod-a2 ×3" and the distinct values of `field`.
+/// Whether every request of a probe run was answered.
+fn all_ok(results: &[ProbeResult]) -> bool {
+    !results.is_empty() && results.iter().all(|r| r.ok)
+}
+
+/// "pod-a1 ×4, pod-a2 ×3" (and "failed ×N") and the distinct values of
+/// `field` over the answered requests; failures end up in the closing
+/// table rather than stopping the demo.
 fn summarize(
     results: &[ProbeResult],
     field: impl Fn(&ProbeResult) -> Option<String>,
@@ -78,7 +85,8 @@ fn summarize(
     let mut seen = Vec::new();
     for r in results {
         if !r.ok {
-            bail!("request failed: {r:?}");
+            *by_pod.entry("failed".to_string()).or_default() += 1;
+            continue;
         }
         *by_pod
             .entry(r.pod().unwrap_or("?").to_string())
@@ -95,6 +103,58 @@ fn summarize(
         .collect::<Vec<_>>()
         .join(", ");
     Ok((text, seen))
+}
+
+/// One line of the closing table: what was tried, whether it did what
+/// Kubernetes says it must, and how fast.
+struct Row {
+    what: String,
+    worked: bool,
+    speed: String,
+}
+
+#[derive(Default)]
+struct Scorecard(Vec<Row>);
+
+impl Scorecard {
+    fn add(&mut self, what: &str, worked: bool, speed: String) {
+        self.0.push(Row {
+            what: what.to_string(),
+            worked,
+            speed,
+        });
+    }
+
+    fn print(&self) {
+        println!("what worked, and how fast:\n");
+        println!("  {:<66} {:<7} how fast", "", "worked");
+        for r in &self.0 {
+            println!(
+                "  {:<66} {:<7} {}",
+                r.what,
+                if r.worked { "yes" } else { "NO" },
+                r.speed
+            );
+        }
+    }
+
+    fn failures(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|r| !r.worked)
+            .map(|r| r.what.as_str())
+            .collect()
+    }
+}
+
+/// "12 in 40 ms (3.3 ms each)": the wall time of `n` requests made by one
+/// gp-probe run (its start-up included).
+fn pace(n: usize, took: Duration) -> String {
+    format!(
+        "{n} in {} ms ({:.1} ms each)",
+        took.as_millis(),
+        took.as_secs_f64() * 1e3 / n.max(1) as f64
+    )
 }
 
 pub fn run() -> Result<()> {
@@ -156,9 +216,17 @@ pub fn run() -> Result<()> {
         .context("starting the agents")?;
     println!("  agents running on node-a and node-b: socket LB on each node's cgroup, tc/XDP on each node's eth0\n");
 
+    let mut card = Scorecard::default();
     let url = format!("{VIP}:80");
+    let t = Instant::now();
     let results = c.probe("pod-a1", ["tcp", url.as_str(), "--count", "12"])?;
+    let took = t.elapsed();
     let (answered, clients) = summarize(&results, |r| r.client_addr().map(|a| a.ip().to_string()))?;
+    card.add(
+        "ClusterIP from a pod (socket LB), client address kept",
+        all_ok(&results) && clients == [c.pod("pod-a1").ip.to_string()],
+        pace(12, took),
+    );
     let (_, peers) = summarize(&results, |r| r.peer.clone())?;
     println!(
         "1. 12 HTTP requests from pod-a1 ({}) to {url}",
@@ -174,14 +242,28 @@ pub fn run() -> Result<()> {
         peers.join(", ")
     );
 
+    let t = Instant::now();
     let results = c.probe("pod-b1", ["tcp", url.as_str(), "--count", "12"])?;
+    let took = t.elapsed();
     let (answered, _) = summarize(&results, |_| None)?;
+    card.add(
+        "ClusterIP from a pod on the other node",
+        all_ok(&results) && results.len() == 12,
+        pace(12, took),
+    );
     println!("2. 12 HTTP requests from pod-b1 on node-b (its own agent)");
     println!("   answered by:              {answered}\n");
 
     let echo = format!("{VIP}:53");
+    let t = Instant::now();
     let results = c.probe("pod-a2", ["udp", echo.as_str(), "--count", "6"])?;
+    let took = t.elapsed();
     let (answered, froms) = summarize(&results, |r| r.from.clone())?;
+    card.add(
+        "UDP to a ClusterIP, replies from the ClusterIP",
+        all_ok(&results) && froms == [echo.clone()],
+        pace(6, took),
+    );
     println!("3. 6 UDP datagrams (unconnected) from pod-a2 to {echo}");
     println!("   answered by:              {answered}");
     println!(
@@ -199,6 +281,14 @@ pub fn run() -> Result<()> {
         .unwrap_or("?");
     let results = c.probe("pod-a1", ["tcp", url.as_str(), "--count", "12"])?;
     let (answered, _) = summarize(&results, |_| None)?;
+    card.add(
+        "an endpoint removed: no request reaches it",
+        all_ok(&results) && !answered.contains("pod-a2"),
+        format!(
+            "seen {} ms after the write, maps updated in {applied_us} µs",
+            noticed.as_millis()
+        ),
+    );
     println!("4. pod-a2 removed from the EndpointSlice file:");
     println!(
         "   node-a's agent saw the change {} ms after the write and updated its maps in {applied_us} µs",
@@ -206,7 +296,7 @@ pub fn run() -> Result<()> {
     );
     println!("   answered by:              {answered}\n");
 
-    north_south(c)?;
+    north_south(c, &mut card)?;
 
     for (n, command) in [(9, "service list"), (10, "status")] {
         let mut cmd = gangplank_tests::agent::gangplank_cmd()?;
@@ -215,25 +305,39 @@ pub fn run() -> Result<()> {
             .arg(&agents[0].bpffs);
         let out = c.run_in_node("node-a", cmd, Duration::from_secs(10))?;
         println!("{n}. `gangplank {command}` on node-a (read from the pinned maps):");
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
             println!("   {line}");
         }
         println!();
+        if command == "service list" {
+            card.add(
+                "`gangplank service list` shows what the kernel serves",
+                out.status.success() && text.contains("demo/hello:http"),
+                "-".into(),
+            );
+        }
     }
 
-    ingress(&mut env)?;
+    ingress(&mut env, &mut card)?;
 
     drop(agents);
     drop(env);
+    println!();
+    card.print();
     println!(
         "\ndone in {:.1} s; namespaces, cgroups, pins and processes removed.",
         started.elapsed().as_secs_f64()
     );
+    let failed = card.failures();
+    if !failed.is_empty() {
+        bail!("the demo found what does not work: {}", failed.join("; "));
+    }
     Ok(())
 }
 
 /// Steps 5–8: traffic from the client outside the cluster.
-fn north_south(c: &Cluster) -> Result<()> {
+fn north_south(c: &Cluster, card: &mut Scorecard) -> Result<()> {
     let client_ip = c.client().ip.to_string();
     let seen_as = |r: &ProbeResult| {
         r.client_addr().map(|a| {
@@ -251,8 +355,15 @@ fn north_south(c: &Cluster) -> Result<()> {
     for (n, node) in [(5, "node-a"), (6, "node-b")] {
         let address = c.node(node).address;
         let url = format!("{address}:{NODE_PORT}");
+        let t = Instant::now();
         let results = c.probe("client", ["tcp", url.as_str(), "--count", "12"])?;
+        let took = t.elapsed();
         let (answered, seen) = summarize(&results, seen_as)?;
+        card.add(
+            &format!("NodePort via {node} (Cluster policy): local pods see the client"),
+            all_ok(&results) && seen.iter().any(|s| s.ends_with("→ the client")),
+            pace(12, took),
+        );
         println!("{n}. 12 HTTP requests from the client to NodePort {url}");
         println!("   answered by:              {answered}");
         println!("   client address pods saw:  {}", seen.join(", "));
@@ -264,14 +375,23 @@ fn north_south(c: &Cluster) -> Result<()> {
         &format!("route add {LB_IP}/32 via {}", c.node("node-a").address),
     )?;
     let url = format!("{LB_IP}:80");
+    let t = Instant::now();
     let results = c.probe("client", ["tcp", url.as_str(), "--count", "12"])?;
+    let took = t.elapsed();
     let (answered, peers) = summarize(&results, |r| r.peer.clone())?;
+    card.add(
+        "LoadBalancer IP from outside",
+        all_ok(&results) && peers == [url.clone()],
+        pace(12, took),
+    );
     println!("7. 12 HTTP requests from the client to the LoadBalancer IP {url} (routed to node-a)");
     println!("   answered by:              {answered}");
     println!("   replies came from:        {}\n", peers.join(", "));
 
     let url = format!("{}:{LOCAL_NODE_PORT}", c.node("node-a").address);
+    let t = Instant::now();
     let results = c.probe("client", ["tcp", url.as_str(), "--count", "6"])?;
+    let took = t.elapsed();
     let (answered, seen) = summarize(&results, seen_as)?;
     println!("8. externalTrafficPolicy: Local, 6 requests to {url}");
     println!("   answered by:              {answered}");
@@ -279,6 +399,16 @@ fn north_south(c: &Cluster) -> Result<()> {
     let via_b = format!("{}:{LOCAL_NODE_PORT}", c.node("node-b").address);
     let r = c.probe("client", ["tcp", via_b.as_str(), "--timeout-ms", "500"])?;
     let refused = r.first().is_some_and(|r| !r.ok);
+    card.add(
+        "NodePort with Local policy: every pod sees the client",
+        all_ok(&results) && seen.iter().all(|s| s.ends_with("→ the client")),
+        pace(6, took),
+    );
+    card.add(
+        "Local policy: a node without endpoints drops the traffic",
+        refused,
+        "-".into(),
+    );
     println!(
         "   through node-b (no local endpoint): {}",
         if refused {
@@ -307,7 +437,7 @@ const SHOP: &str = "shop.demo.example";
 const WEB_PORT: u16 = 9000;
 
 /// Step 11: HTTPS through the Ingress proxy on node-a, from the client.
-fn ingress(env: &mut Env) -> Result<()> {
+fn ingress(env: &mut Env, card: &mut Scorecard) -> Result<()> {
     env.upstream("pod-a2", "shop-web", WEB_PORT)?;
     env.upstream("pod-b1", "shop-api", WEB_PORT)?;
     let ip = |p: &str| env.c.pod(p).ip;
@@ -335,11 +465,21 @@ fn ingress(env: &mut Env) -> Result<()> {
         "11. gangplank-ingress on node-a ({}:443), Ingress demo/shop: https://{SHOP}/ → shop-web (pod-a2), /api → shop-api (pod-b1), certificate from Secret demo/shop-tls",
         env.node_ip()
     );
-    for (url, flags) in [
-        (format!("https://{SHOP}/"), vec!["--http2"]),
-        (format!("https://{SHOP}/api/orders?id=7"), vec!["--http2"]),
-        (format!("https://{SHOP}/apiary"), vec!["--http1.1"]),
-        (format!("http://{SHOP}/cart"), vec![]),
+    let mut routed = true;
+    let t = Instant::now();
+    for (url, flags, want) in [
+        (format!("https://{SHOP}/"), vec!["--http2"], "200 shop-web"),
+        (
+            format!("https://{SHOP}/api/orders?id=7"),
+            vec!["--http2"],
+            "200 shop-api",
+        ),
+        (
+            format!("https://{SHOP}/apiary"),
+            vec!["--http1.1"],
+            "200 shop-web",
+        ),
+        (format!("http://{SHOP}/cart"), vec![], "308 -"),
     ] {
         let r = env.curl(&url, &flags)?;
         let served_by = r
@@ -357,12 +497,24 @@ fn ingress(env: &mut Env) -> Result<()> {
             "   {url:<45} HTTP/{:<3} {} answered by {served_by}{location}",
             r.version, r.status
         );
+        routed &= format!("{} {served_by}", r.status) == want;
     }
+    let took = t.elapsed();
     let cert = env.served_cert(Some(SHOP))?;
     let default = env.served_cert(Some("unknown.example"))?;
     println!(
         "   certificate for SNI {SHOP}: CN={}; for an unknown name: CN={} (the default)",
         cert.cn, default.cn
+    );
+    card.add(
+        "Ingress: HTTPS host and path routing, HTTP/2, the redirect",
+        routed,
+        format!("4 curl runs in {} ms", took.as_millis()),
+    );
+    card.add(
+        "Ingress: certificate by SNI, default for unknown names",
+        cert.cn == SHOP && default.cn != SHOP,
+        "-".into(),
     );
 
     // A reload while requests run: a new path appears, nothing fails.
@@ -416,6 +568,16 @@ fn ingress(env: &mut Env) -> Result<()> {
         summary["failed"],
         summary["ok"].as_f64().unwrap_or(0.0) * 1000.0
             / summary["elapsed_ms"].as_f64().unwrap_or(f64::INFINITY)
+    );
+    let rate = summary["ok"].as_f64().unwrap_or(0.0) * 1000.0
+        / summary["elapsed_ms"].as_f64().unwrap_or(f64::INFINITY);
+    card.add(
+        "Ingress: a new route served under load, no request failed",
+        summary["failed"].as_f64() == Some(0.0) && r.status == 200,
+        format!(
+            "served {} ms after the write; {rate:.0} requests/s",
+            took.as_millis()
+        ),
     );
     let log = env.proxy().access_log();
     if let Some(line) = log.iter().rev().find(|l| l["path"] == "/search") {
