@@ -13,8 +13,11 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use gangplank_common::*;
+
+// Reading the maps back is the same mechanism as the agent's writer uses.
+use crate::dataplane::maps::collect;
 
 /// The loader and the map contract, for users of this module (the tests
 /// reach everything through it).
@@ -241,25 +244,6 @@ fn open_map(dir: &Path, name: &str) -> Result<Map> {
 fn hash<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> Result<BpfHashMap<MapData, K, V>> {
     BpfHashMap::try_from(open_map(dir, name)?)
         .with_context(|| format!("map {name} as a hash map of the contract's types"))
-}
-
-/// Every entry of a hash map (entries deleted while iterating are skipped).
-fn dump<K, V>(map: &BpfHashMap<MapData, K, V>) -> Result<HashMap<K, V>>
-where
-    K: aya::Pod + Eq + std::hash::Hash,
-    V: aya::Pod,
-{
-    let mut out = HashMap::new();
-    for entry in map.iter() {
-        match entry {
-            Ok((k, v)) => {
-                out.insert(k, v);
-            }
-            Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(out)
 }
 
 /// The tc/XDP datapath's maps, opened from their pins.
@@ -493,15 +477,15 @@ impl Maps {
 
     /// Conntrack entries.
     pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtEntry)>> {
-        Ok(sorted(dump(&self.ct)?))
+        Ok(sorted(collect(MAP_CT, &self.ct)?))
     }
 
     /// Delete every conntrack and affinity entry (between independent cases).
     pub fn flush_state(&mut self) -> Result<()> {
-        for k in dump(&self.ct)?.into_keys() {
+        for k in collect(MAP_CT, &self.ct)?.into_keys() {
             let _ = self.ct.remove(&k);
         }
-        for k in dump(&self.affinity)?.into_keys() {
+        for k in collect(MAP_AFFINITY, &self.affinity)?.into_keys() {
             let _ = self.affinity.remove(&k);
         }
         Ok(())
@@ -509,21 +493,21 @@ impl Maps {
 
     /// Everything, for before/after comparisons.
     pub fn snapshot(&self) -> Result<MapsSnapshot> {
-        let mut maglev: Vec<MaglevKey> = dump(&self.maglev)?.into_keys().collect();
+        let mut maglev: Vec<MaglevKey> = collect(MAP_MAGLEV, &self.maglev)?.into_keys().collect();
         maglev.sort();
-        let mut affinity: Vec<(u64, u16, u32, u16)> = dump(&self.affinity)?
+        let mut affinity: Vec<(u64, u16, u32, u16)> = collect(MAP_AFFINITY, &self.affinity)?
             .into_iter()
             .map(|(k, v)| (k.client, k.rev_nat_id, v.backend_id, v.slot))
             .collect();
         affinity.sort();
         Ok(MapsSnapshot {
-            services: sorted(dump(&self.services)?),
-            backends: sorted(dump(&self.backends)?),
-            rev_nat: sorted(dump(&self.rev_nat)?),
+            services: sorted(collect(MAP_SERVICES, &self.services)?),
+            backends: sorted(collect(MAP_BACKENDS, &self.backends)?),
+            rev_nat: sorted(collect(MAP_REV_NAT, &self.rev_nat)?),
             maglev,
-            ct: sorted(dump(&self.ct)?),
-            node_addrs: sorted(dump(&self.node_addrs)?),
-            devices: sorted(dump(&self.devices)?),
+            ct: sorted(collect(MAP_CT, &self.ct)?),
+            node_addrs: sorted(collect(MAP_NODE_ADDRS, &self.node_addrs)?),
+            devices: sorted(collect(MAP_DEVICES, &self.devices)?),
             config: self.config.get(&0, 0)?,
             affinity,
         })

@@ -227,7 +227,11 @@ fn ignore_missing(result: std::result::Result<(), MapError>) -> std::result::Res
     }
 }
 
-fn collect<K, V>(name: &'static str, map: &BpfHashMap<MapData, K, V>) -> Result<HashMap<K, V>>
+/// Every entry of a hash map (the test-run helpers read maps with it too).
+pub(crate) fn collect<K, V>(
+    name: &'static str,
+    map: &BpfHashMap<MapData, K, V>,
+) -> Result<HashMap<K, V>>
 where
     K: aya::Pod + Eq + std::hash::Hash,
     V: aya::Pod,
