@@ -431,14 +431,7 @@ impl Proc {
         mut pred: impl FnMut(&str) -> bool,
         timeout: Duration,
     ) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        match self
-            .stdout
-            .wait_for_line(&mut self.stdout_cursor, &mut pred, deadline)
-        {
-            Ok(l) => Ok(l),
-            Err(f) => Err(self.wait_error("stdout", f, timeout)),
-        }
+        self.wait_on(false, &mut pred, timeout)
     }
 
     /// Like [`Proc::wait_for_line`], for stderr (where most loggers write).
@@ -447,13 +440,24 @@ impl Proc {
         mut pred: impl FnMut(&str) -> bool,
         timeout: Duration,
     ) -> Result<String> {
+        self.wait_on(true, &mut pred, timeout)
+    }
+
+    fn wait_on(
+        &mut self,
+        stderr: bool,
+        pred: &mut dyn FnMut(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
-        match self
-            .stderr
-            .wait_for_line(&mut self.stderr_cursor, &mut pred, deadline)
-        {
+        let (capture, cursor, stream) = if stderr {
+            (&self.stderr, &mut self.stderr_cursor, "stderr")
+        } else {
+            (&self.stdout, &mut self.stdout_cursor, "stdout")
+        };
+        match capture.wait_for_line(cursor, pred, deadline) {
             Ok(l) => Ok(l),
-            Err(f) => Err(self.wait_error("stderr", f, timeout)),
+            Err(f) => Err(self.wait_error(stream, f, timeout)),
         }
     }
 
