@@ -324,6 +324,17 @@ fn add(args: &[Value]) -> Result<Value, FuncError> {
     Ok(Value::Number(Number::from(sum)))
 }
 
+/// The strings of a YAML list (none for anything else).
+pub fn strings(v: &Json) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The RBAC rules the chart (default values) grants `service_account`
 /// (`<release>-agent`, `<release>-ingress`), as the fake API server
 /// enforces them: every (Cluster)RoleBinding naming it, with its role's
@@ -334,15 +345,6 @@ pub fn rbac_rules(
     service_account: &str,
 ) -> Result<Vec<crate::fake_api::PolicyRule>> {
     let objects = objects(&render(release, namespace, &serde_json::json!({}))?);
-    let strings = |v: &Json| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let mut rules = Vec::new();
     for binding in objects
         .iter()

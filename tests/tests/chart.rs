@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gangplank_tests::chart::{self, Rendered};
+use gangplank_tests::chart::{self, strings, Rendered};
 use gangplank_tests::target_binary;
 use serde_json::{json, Value};
 
@@ -98,16 +98,6 @@ fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
         .flatten()
         .find(|c| c["name"] == name)
         .unwrap_or_else(|| panic!("no container {name} in {}", workload["metadata"]["name"]))
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -521,8 +511,9 @@ fn row(
     )
 }
 
-/// Least privilege, exactly: the RBAC end-to-end test
-/// (tests/tests/chart_rbac.rs) shows these rules are enough.
+/// Least privilege, exactly: the cluster-mode tests (cluster_mode.rs,
+/// ingress_cluster.rs, uninstall_wait.rs) run with these rules and show
+/// they are enough.
 #[test]
 fn rbac_grants_exactly_what_each_binary_follows() {
     let objects = chart::objects(&render(&json!({})));

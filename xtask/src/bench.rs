@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use gangplank_sim::measure::field;
+use gangplank_sim::measure::{field, service_ip as vip};
 use gangplank_tests::agent::gangplank_cmd;
 use gangplank_tests::manifests::{self, Endpoint, EndpointSlice, Service, Target};
 use gangplank_tests::Cluster;
@@ -65,10 +65,6 @@ fn gangplank_bench(part: &str, args: Vec<String>) -> Result<()> {
         bail!("gangplank bench failed ({status})");
     }
     Ok(())
-}
-
-fn vip(i: usize) -> Ipv4Addr {
-    gangplank_sim::measure::service_ip(i)
 }
 
 fn endpoint_ip(i: usize) -> Ipv4Addr {

@@ -53,7 +53,7 @@ use anyhow::{bail, Context, Result};
 use gangplank_sim::agent::{Agent, AgentOpts};
 use gangplank_sim::bench_options::{Dataplane, IptablesBackend, ServicesOptions};
 use gangplank_sim::manifests::{self, Endpoint, EndpointSlice, Service, Target};
-use gangplank_sim::measure::{field, machine_summary, median, service_ip};
+use gangplank_sim::measure::{field, machine_summary, median, service_ip as vip};
 use gangplank_sim::{target_binary, Cluster, Proc};
 use serde::Serialize;
 
@@ -166,10 +166,6 @@ fn ms(d: Duration) -> f64 {
 
 fn backend_pods() -> impl Iterator<Item = &'static str> {
     BACKENDS_A.iter().chain(BACKENDS_B.iter()).copied()
-}
-
-fn vip(i: usize) -> Ipv4Addr {
-    service_ip(i)
 }
 
 /// The Services measured at size `n`: up to [`SAMPLE`] indices spread evenly.
