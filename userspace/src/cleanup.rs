@@ -75,7 +75,8 @@ impl Progress {
     /// The progress of `ds`.
     pub fn of(ds: &DaemonSet) -> Progress {
         let generation = ds.metadata.generation.unwrap_or(0);
-        let status = ds.status.clone().unwrap_or_default();
+        let none = k8s_openapi::api::apps::v1::DaemonSetStatus::default();
+        let status = ds.status.as_ref().unwrap_or(&none);
         Progress {
             desired: status.desired_number_scheduled,
             ready: status
