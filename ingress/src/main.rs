@@ -126,12 +126,8 @@ struct Args {
 }
 
 fn parse_secret_ref(s: &str) -> Result<SecretRef, String> {
-    match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok(SecretRef::new(ns, name))
-        }
-        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
-    }
+    s.parse()
+        .map_err(|e: gangplank_ingress::tls::InvalidSecretRef| e.to_string())
 }
 
 fn main() -> Result<()> {

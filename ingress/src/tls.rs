@@ -107,12 +107,9 @@ impl FromStr for SecretRef {
     type Err = InvalidSecretRef;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(Self::new(ns, name))
-            }
-            _ => Err(InvalidSecretRef(s.to_owned())),
-        }
+        gangplank::source::split_namespaced(s)
+            .map(|(ns, name)| Self::new(ns, name))
+            .ok_or_else(|| InvalidSecretRef(s.to_owned()))
     }
 }
 

@@ -168,12 +168,9 @@ struct BenchArgs {
 }
 
 fn parse_namespaced(s: &str) -> Result<(String, String), String> {
-    match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok((ns.to_string(), name.to_string()))
-        }
-        _ => Err(format!("{s:?}: expected NAMESPACE/NAME")),
-    }
+    gangplank::source::split_namespaced(s)
+        .map(|(ns, name)| (ns.to_string(), name.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected NAMESPACE/NAME"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -29,6 +29,6 @@ mod watch;
 pub use dir_state::DirChange;
 pub use error::{DocumentError, Location, SourceError};
 pub use manifests::{load_dir, load_dir_with};
-pub use object::{Kind, Object, ObjectRef};
+pub use object::{split_namespaced, Kind, Object, ObjectRef};
 pub use parse::{parse_manifest, parse_manifest_with, ObjectMapper, ParsedFile};
 pub use watch::{ManifestWatcher, WatchConfig};

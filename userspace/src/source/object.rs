@@ -181,6 +181,17 @@ impl ObjectRef {
     }
 }
 
+/// `NAMESPACE/NAME` (as command-line flags name objects) split in two;
+/// `None` unless both parts are there and the name has no `/`.
+pub fn split_namespaced(s: &str) -> Option<(&str, &str)> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Some((ns, name))
+        }
+        _ => None,
+    }
+}
+
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.namespace {
